@@ -1,0 +1,5 @@
+import sys
+
+from asc.cli import main
+
+sys.exit(main())

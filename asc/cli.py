@@ -1,0 +1,63 @@
+"""The `asc` command. Each stage registers its own subcommand from `asc/<stage>/cli.py`.
+
+Those modules import only argparse at top level, so `asc --help` stays fast; the work is imported
+when a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from asc import __version__
+from asc.errors import AscError
+
+# (module that defines `register(subparsers)`), in the order shown by --help
+_COMMAND_MODULES = (
+    "asc.data.cli",
+    "asc.features.cli",
+    "asc.train.cli",
+    "asc.eval.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asc",
+        description="Acoustic scene classification with BN and L2BN: data, features, training, reports.",
+        epilog="example: asc data synth --out data/synth --preset small",
+    )
+    parser.add_argument("--version", action="version", version=f"asc-l2bn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 1
+    try:
+        result = func(args)
+    except AscError as exc:
+        print(f"asc {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"asc {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""L2BN: l2-normalize each sample's whole feature map, then batch-normalize (paper eq. 3, second form).
+
+    x̂_i = sqrt(n) · x_i / max(‖x_i‖₂, l2_eps),   n = C·H·W (4-D), C·L (3-D), C (2-D)
+    y   = γ · (x̂ - μ_B) / sqrt(σ²_B + eps) + β
+
+Both steps need only per-(sample, channel) moments of x: the sample norm is their sum over
+channels, and the batch mean/variance of x̂ follow from them by the law of total variance. So the
+training forward is one statistics pass plus one fused affine pass, y = x·A[i,c] + B[c], as cheap
+as BatchNorm; the backward is likewise one reduction pass (Σdy, Σdy·x per sample and channel) and
+one fused pass dx = dy·P + x·Q + R. A small native kernel does each pass in one sweep over memory
+for contiguous CPU tensors; elsewhere (CUDA, channels_last, torch.compile) the same algebra runs
+in torch ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asc.nn import _kernels
+
+#: default floor of the per-sample norm: a zero sample stays zero instead of NaN
+L2_EPS = 1e-12
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _row_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) mean and biased variance, float32 or float64."""
+    if _kernels.usable(x):
+        return _kernels.row_moments(x)
+    dims = tuple(range(2, x.dim()))
+    if not dims:
+        return x.clone(), torch.zeros_like(x)
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    return mean, var
+
+
+def _expand(t: Tensor, x: Tensor) -> Tensor:
+    """(N, C) or (C,) -> broadcastable against x of shape (N, C, *spatial)."""
+    lead = t.shape if t.dim() == 2 else (1, t.shape[0])
+    return t.reshape(lead + (1,) * (x.dim() - 2))
+
+
+def _affine_rows(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """y = x · scale[i, c] + shift[c] in one pass."""
+    if _kernels.usable(x):
+        return _kernels.affine_rows(x, scale, shift)
+    return torch.addcmul(_expand(shift, x), x, _expand(scale, x))
+
+
+class _L2BNTrain(torch.autograd.Function):
+    """Training-mode L2BN with batch statistics and an analytic backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, l2_eps: float, eps: float):
+        shape = x.shape
+        n_per_row = math.prod(shape[2:])  # M: elements per (sample, channel)
+        n = shape[1] * n_per_row
+        mean_ic, var_ic = _row_moments(x)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        mean_ic, var_ic = mean_ic.to(acc), var_ic.to(acc)
+        sq_norm = n_per_row * (var_ic + mean_ic * mean_ic).sum(1)  # ‖x_i‖²
+        norm = sq_norm.sqrt()
+        clamped = norm <= l2_eps
+        r = math.sqrt(n) / norm.clamp_min(l2_eps)  # (N,)
+        mu_hat = r[:, None] * mean_ic  # per-(i, c) means of x̂
+        mean_c = mu_hat.mean(0)
+        var_c = (r * r)[:, None].mul(var_ic).mean(0) + (mu_hat - mean_c).square().mean(0)
+        invstd = (var_c + eps).rsqrt()
+        g = invstd if weight is None else weight.to(acc) * invstd
+        scale = r[:, None] * g  # A[i, c]
+        shift = -mean_c * g
+        if bias is not None:
+            shift = shift + bias.to(acc)
+        y = _affine_rows(x, scale.to(x.dtype), shift.to(x.dtype))
+        ctx.save_for_backward(x, weight, mean_ic, var_ic, r, sq_norm, clamped, mean_c, invstd, g)
+        ctx.has_bias = bias is not None
+        return y, mean_c, var_c
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, _dmean, _dvar):
+        x, weight, mean_ic, var_ic, r, sq_norm, clamped, mean_c, invstd, g = ctx.saved_tensors
+        n_per_row = math.prod(x.shape[2:])
+        count = x.shape[0] * n_per_row
+        dy = dy.contiguous() if x.is_contiguous() else dy
+        # per-(i, c): t1 = Σ dy, tc = Σ dy·(x - mean_ic)   (centred for accuracy)
+        t1, tc = _kernels.row_grad_sums(dy, x, mean_ic) if _kernels.usable(x) else _torch_grad_sums(
+            dy, x, mean_ic)
+        t1, tc = t1.to(r.dtype), tc.to(r.dtype)
+        t2 = tc + mean_ic * t1  # Σ dy·x
+        s1 = n_per_row * mean_ic  # Σ x
+        s2 = n_per_row * (var_ic + mean_ic * mean_ic)  # Σ x²
+        d_beta = t1.sum(0)
+        # Σ dy · x̂n with x̂n = (r_i x - μ_c) invstd_c; computed from centred sums
+        d_gamma = invstd * ((r[:, None] * tc).sum(0) + ((r[:, None] * mean_ic - mean_c) * t1).sum(0))
+        a = d_beta / count
+        b = d_gamma / count
+        # x_i · dx̂_i per sample, with dx̂ = g (dy - a - b x̂n)
+        bi = b * invstd
+        x_dxhat = (g * (t2 - a * s1 - bi * (r[:, None] * s2 - mean_c * s1))).sum(1)
+        k = torch.where(clamped, torch.zeros_like(sq_norm), x_dxhat / sq_norm.clamp_min(1e-300))
+        p = r[:, None] * g
+        q = -r[:, None] * (g * bi * r[:, None] + k[:, None])
+        rr = p * (bi * mean_c - a)
+        dx = _grad_combine(dy, x, p.to(x.dtype), q.to(x.dtype), rr.to(x.dtype))
+        dw = (d_gamma).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = d_beta.to(weight.dtype if weight is not None else dy.dtype) if ctx.has_bias and \
+            ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None
+
+
+def _torch_grad_sums(dy: Tensor, x: Tensor, mean_ic: Tensor) -> tuple[Tensor, Tensor]:
+    dims = tuple(range(2, x.dim()))
+    if not dims:
+        return dy.clone(), dy * (x - mean_ic.to(x.dtype))
+    t1 = dy.sum(dims, dtype=torch.float32 if dy.dtype in _LOW_PRECISION else None)
+    tc = (dy * (x - _expand(mean_ic.to(x.dtype), x))).sum(dims)
+    return t1, tc
+
+
+def _grad_combine(dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor) -> Tensor:
+    """dx = dy·P[i,c] + x·Q[i,c] + R[i,c]."""
+    if _kernels.usable(x) and dy.is_contiguous():
+        return _kernels.grad_combine(dy, x, p, q, r)
+    dx = torch.addcmul(_expand(r, x), dy, _expand(p, x))
+    return dx.addcmul_(x, _expand(q, x))
+
+
+def l2_batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    l2_eps: float = L2_EPS,
+) -> Tensor:
+    """Functional L2BN; the same contract as `torch.nn.functional.batch_norm`."""
+    if x.dim() < 2:
+        raise ValueError(f"expected at least 2-D input (N, C, ...), got {x.dim()}-D")
+    if training:
+        size = x.numel() // x.shape[1]
+        if size == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    in_dtype = x.dtype
+    xc = x.float() if in_dtype in _LOW_PRECISION else x
+    w = weight.to(xc.dtype) if weight is not None else None
+    b = bias.to(xc.dtype) if bias is not None else None
+    use_batch_stats = training or running_mean is None
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if use_batch_stats:
+            if torch.compiler.is_compiling():
+                y, mean_c, var_c = _l2bn_train_composite(xc, w, b, l2_eps, eps)
+            else:
+                y, mean_c, var_c = _L2BNTrain.apply(xc, w, b, l2_eps, eps)
+            if training and running_mean is not None and running_var is not None:
+                count = x.numel() // x.shape[1]
+                with torch.no_grad():
+                    running_mean.lerp_(mean_c.to(running_mean.dtype), momentum)
+                    unbiased = var_c * (count / max(count - 1, 1))
+                    running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+        else:
+            y = _l2bn_eval(xc, running_mean, running_var, w, b, l2_eps, eps)
+    return y.to(in_dtype) if y.dtype != in_dtype else y
+
+
+def _sample_scale(x: Tensor, l2_eps: float) -> Tensor:
+    """sqrt(n) / max(‖x_i‖, l2_eps), shape (N,), differentiable."""
+    n = x[0].numel()
+    norm = torch.linalg.vector_norm(x.flatten(1), dim=1)
+    return math.sqrt(n) / norm.clamp_min(l2_eps)
+
+
+def _l2bn_eval(x, running_mean, running_var, weight, bias, l2_eps, eps) -> Tensor:
+    r = _sample_scale(x, l2_eps)
+    g = (running_var.to(x.dtype) + eps).rsqrt()
+    if weight is not None:
+        g = g * weight
+    shift = -running_mean.to(x.dtype) * g
+    if bias is not None:
+        shift = shift + bias
+    return torch.addcmul(_expand(shift, x), x, _expand(r[:, None] * g, x))
+
+
+def _l2bn_train_composite(x, weight, bias, l2_eps, eps):
+    """Plain differentiable ops, for torch.compile to fuse and differentiate itself."""
+    x_hat = x * _expand(_sample_scale(x, l2_eps)[:, None], x)
+    dims = [0] + list(range(2, x.dim()))
+    var_c, mean_c = torch.var_mean(x_hat.detach(), dim=dims, correction=0)
+    y = F.batch_norm(x_hat, None, None, weight, bias, True, 0.0, eps)
+    return y, mean_c, var_c
+
+
+class _L2BatchNormMixin:
+    """Shared forward for the 1-D and 2-D classes; only the input check differs."""
+
+    l2_eps: float = L2_EPS
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's own argument name
+        self._check_input_dim(input)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as in BatchNorm
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_running = not self.training and self.track_running_stats
+        return l2_batch_norm(
+            input,
+            self.running_mean if (self.training or use_running) else None,
+            self.running_var if (self.training or use_running) else None,
+            self.weight,
+            self.bias,
+            training=self.training or not use_running,
+            momentum=momentum,
+            eps=self.eps,
+            l2_eps=self.l2_eps,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", l2_eps={self.l2_eps}"
+
+
+class L2BatchNorm1d(_L2BatchNormMixin, nn.BatchNorm1d):
+    """L2BN for (N, C) or (N, C, L) input; the norm runs over C (or C·L). State dict as BatchNorm1d."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,
+                 device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.l2_eps = l2_eps
+
+
+class L2BatchNorm2d(_L2BatchNormMixin, nn.BatchNorm2d):
+    """L2BN for (N, C, H, W) input; the norm runs over the whole C·H·W map. State dict as BatchNorm2d."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,
+                 device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.l2_eps = l2_eps
+
+
+class L2BatchNorm3d(_L2BatchNormMixin, nn.BatchNorm3d):
+    """L2BN for (N, C, D, H, W) input; the norm runs over C·D·H·W. State dict as BatchNorm3d."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,
+                 device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.l2_eps = l2_eps
