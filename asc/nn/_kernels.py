@@ -8,6 +8,7 @@ Without a compiler, or with ASC_NATIVE=0, every caller falls back to torch ops (
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -91,6 +93,18 @@ def _load() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return _load() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the torch-op fallback instead of the native passes (tests and benchmarks compare both)."""
+    global _lib, _tried
+    saved = (_lib, _tried)
+    _lib, _tried = None, True
+    try:
+        yield
+    finally:
+        _lib, _tried = saved
 
 
 def usable(x: Tensor) -> bool:

@@ -148,7 +148,8 @@ def l2_batch_norm(
     if training:
         size = x.numel() // x.shape[1]
         if size == 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.shape}")
     in_dtype = x.dtype
     xc = x.float() if in_dtype in _LOW_PRECISION else x
     w = weight.to(xc.dtype) if weight is not None else None

@@ -14,6 +14,7 @@ Kinds (paper Tables 3 and 5):
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -30,10 +31,10 @@ def _pre_normalize(x: Tensor, mode: str) -> Tensor:
         return F.layer_norm(x, x.shape[1:], eps=_PRE_EPS)
     if mode == "in":
         if x.dim() < 3:
-            raise ValueError("inbn needs spatial dimensions (N, C, ...): instance norm of a vector is undefined")
+            raise ValueError("inbn needs spatial dimensions (N, C, ...): a vector has no instance norm")
         return F.instance_norm(x, eps=_PRE_EPS)
     if mode == "pn":
-        var, mean = x.var_mean(dim=1, keepdim=True, correction=0)
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
         return (x - mean) * (var + _PRE_EPS).rsqrt()
     raise ValueError(f"unknown pre-normalization {mode!r}")
 
