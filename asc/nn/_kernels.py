@@ -115,7 +115,6 @@ def usable(x: Tensor) -> bool:
         and x.dim() >= 3
         and x.is_contiguous()
         and x.numel() > 0
-        and not torch.compiler.is_compiling()
         and _load() is not None
     )
 
@@ -171,3 +170,45 @@ def grad_combine(dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor) -> Tens
                                                 q.data_ptr(), r.data_ptr(), dx.data_ptr(),
                                                 torch.get_num_threads())
     return dx
+
+
+# torch.compile cannot trace into ctypes calls; these custom ops make each pass one opaque graph node
+# (CPU only: on other devices the compiled graph uses plain torch ops, which inductor fuses).
+@torch.library.custom_op("asc::l2bn_row_moments", mutates_args=())
+def op_row_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    return row_moments(x.contiguous())
+
+
+@op_row_moments.register_fake
+def _(x):
+    return x.new_empty(x.shape[:2]), x.new_empty(x.shape[:2])
+
+
+@torch.library.custom_op("asc::l2bn_affine_rows", mutates_args=())
+def op_affine_rows(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    return affine_rows(x.contiguous(), scale, shift)
+
+
+@op_affine_rows.register_fake
+def _(x, scale, shift):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("asc::l2bn_row_grad_sums", mutates_args=())
+def op_row_grad_sums(dy: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
+    return row_grad_sums(dy, x.contiguous(), center)
+
+
+@op_row_grad_sums.register_fake
+def _(dy, x, center):
+    return x.new_empty(x.shape[:2]), x.new_empty(x.shape[:2])
+
+
+@torch.library.custom_op("asc::l2bn_grad_combine", mutates_args=())
+def op_grad_combine(dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor) -> Tensor:
+    return grad_combine(dy, x.contiguous(), p, q, r)
+
+
+@op_grad_combine.register_fake
+def _(dy, x, p, q, r):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)

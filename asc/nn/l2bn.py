@@ -28,9 +28,15 @@ L2_EPS = 1e-12
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _native(x: Tensor) -> bool:
+    return _kernels.usable(x)
+
+
 def _row_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(sample, channel) mean and biased variance, float32 or float64."""
-    if _kernels.usable(x):
+    if _native(x):
+        if torch.compiler.is_compiling():
+            return _kernels.op_row_moments(x)
         return _kernels.row_moments(x)
     dims = tuple(range(2, x.dim()))
     if not dims:
@@ -47,7 +53,9 @@ def _expand(t: Tensor, x: Tensor) -> Tensor:
 
 def _affine_rows(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """y = x · scale[i, c] + shift[c] in one pass."""
-    if _kernels.usable(x):
+    if _native(x):
+        if torch.compiler.is_compiling():
+            return _kernels.op_affine_rows(x, scale, shift)
         return _kernels.affine_rows(x, scale, shift)
     return torch.addcmul(_expand(shift, x), x, _expand(scale, x))
 
@@ -89,8 +97,7 @@ class _L2BNTrain(torch.autograd.Function):
         count = x.shape[0] * n_per_row
         dy = dy.contiguous() if x.is_contiguous() else dy
         # per-(i, c): t1 = Σ dy, tc = Σ dy·(x - mean_ic)   (centred for accuracy)
-        t1, tc = _kernels.row_grad_sums(dy, x, mean_ic) if _kernels.usable(x) else _torch_grad_sums(
-            dy, x, mean_ic)
+        t1, tc = _grad_sums(dy, x, mean_ic)
         t1, tc = t1.to(r.dtype), tc.to(r.dtype)
         t2 = tc + mean_ic * t1  # Σ dy·x
         s1 = n_per_row * mean_ic  # Σ x
@@ -114,7 +121,12 @@ class _L2BNTrain(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
-def _torch_grad_sums(dy: Tensor, x: Tensor, mean_ic: Tensor) -> tuple[Tensor, Tensor]:
+def _grad_sums(dy: Tensor, x: Tensor, mean_ic: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(i, c) Σ dy and Σ dy·(x - mean_ic)."""
+    if _native(x):
+        if torch.compiler.is_compiling():
+            return _kernels.op_row_grad_sums(dy, x, mean_ic)
+        return _kernels.row_grad_sums(dy, x, mean_ic)
     dims = tuple(range(2, x.dim()))
     if not dims:
         return dy.clone(), dy * (x - mean_ic.to(x.dtype))
@@ -125,7 +137,9 @@ def _torch_grad_sums(dy: Tensor, x: Tensor, mean_ic: Tensor) -> tuple[Tensor, Te
 
 def _grad_combine(dy: Tensor, x: Tensor, p: Tensor, q: Tensor, r: Tensor) -> Tensor:
     """dx = dy·P[i,c] + x·Q[i,c] + R[i,c]."""
-    if _kernels.usable(x) and dy.is_contiguous():
+    if _native(x):
+        if torch.compiler.is_compiling():
+            return _kernels.op_grad_combine(dy, x, p, q, r)
         return _kernels.grad_combine(dy, x, p, q, r)
     dx = torch.addcmul(_expand(r, x), dy, _expand(p, x))
     return dx.addcmul_(x, _expand(q, x))
@@ -157,7 +171,7 @@ def l2_batch_norm(
     use_batch_stats = training or running_mean is None
     with torch.autocast(device_type=x.device.type, enabled=False):
         if use_batch_stats:
-            if torch.compiler.is_compiling():
+            if torch.compiler.is_compiling() and not _native(xc):
                 y, mean_c, var_c = _l2bn_train_composite(xc, w, b, l2_eps, eps)
             else:
                 y, mean_c, var_c = _L2BNTrain.apply(xc, w, b, l2_eps, eps)
@@ -236,6 +250,7 @@ class L2BatchNorm1d(_L2BatchNormMixin, nn.BatchNorm1d):
                  device=None, dtype=None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.l2_eps = l2_eps
+        _kernels.available()  # build/load the native passes now, outside any torch.compile region
 
 
 class L2BatchNorm2d(_L2BatchNormMixin, nn.BatchNorm2d):
@@ -246,6 +261,7 @@ class L2BatchNorm2d(_L2BatchNormMixin, nn.BatchNorm2d):
                  device=None, dtype=None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.l2_eps = l2_eps
+        _kernels.available()  # build/load the native passes now, outside any torch.compile region
 
 
 class L2BatchNorm3d(_L2BatchNormMixin, nn.BatchNorm3d):
@@ -256,3 +272,4 @@ class L2BatchNorm3d(_L2BatchNormMixin, nn.BatchNorm3d):
                  device=None, dtype=None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.l2_eps = l2_eps
+        _kernels.available()  # build/load the native passes now, outside any torch.compile region
