@@ -1,0 +1,367 @@
+"""Reader for TAU Urban Acoustic Scenes 2020 Mobile folders (development, evaluation, or synthetic).
+
+A folder holds `audio/*.wav`, `meta.csv` (filename, scene_label, identifier, source_label) and
+`evaluation_setup/fold1_{train,evaluate,test}.csv`, all tab-separated with one header line. The
+reader is lenient about text encoding details (BOM, CRLF, trailing blanks) and strict about content:
+an unknown label, a malformed or duplicate row, or folds that contradict `meta.csv` is a DataError
+naming the file and line, because a silently wrong split invalidates every number downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from asc.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SCENES: tuple[str, ...] = (
+    "airport", "bus", "metro", "metro_station", "park",
+    "public_square", "shopping_mall", "street_pedestrian", "street_traffic", "tram",
+)
+REAL_DEVICES: tuple[str, ...] = ("a", "b", "c")
+SEEN_SIMULATED: tuple[str, ...] = ("s1", "s2", "s3")
+UNSEEN: tuple[str, ...] = ("s4", "s5", "s6")
+DEVICES: tuple[str, ...] = REAL_DEVICES + SEEN_SIMULATED + UNSEEN
+DEVICE_GROUPS: dict[str, tuple[str, ...]] = {
+    "real": REAL_DEVICES, "seen_simulated": SEEN_SIMULATED, "unseen": UNSEEN,
+}
+SPLITS: tuple[str, ...] = ("train", "evaluate", "test", "unused")
+
+META_FILE = "meta.csv"
+SETUP_DIR = "evaluation_setup"
+FOLD_FILES: dict[str, str] = {
+    "train": f"{SETUP_DIR}/fold1_train.csv",
+    "evaluate": f"{SETUP_DIR}/fold1_evaluate.csv",
+    "test": f"{SETUP_DIR}/fold1_test.csv",
+}
+# Written by `asc data synth`; its presence makes every report say the data is synthetic.
+SYNTHETIC_MARKER = "SYNTHETIC.json"
+
+# (train, evaluate) rows of the published development-set versions.
+KNOWN_VERSIONS: dict[tuple[int, int], str] = {(13962, 2968): "v2", (13965, 2970): "v1"}
+
+_SCENE_INDEX = {s: i for i, s in enumerate(SCENES)}
+_DEVICE_INDEX = {d: i for i, d in enumerate(DEVICES)}
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One audio file of the set. Label fields are None where unknown (e.g. the evaluation set)."""
+
+    filename: str                 # relative to the dataset root, as in the CSVs: "audio/x.wav"
+    scene: str | None
+    city: str | None
+    location: str | None          # "city-location", e.g. "lisbon-1000" (meta.csv `identifier`)
+    segment: str | None
+    device: str | None
+    split: str                    # train / evaluate / test / unused
+
+    @property
+    def id(self) -> str:
+        """The file name without folder and extension, e.g. "airport-lisbon-1000-40000-a"."""
+        return PurePosixPath(self.filename).stem
+
+    @property
+    def base(self) -> str | None:
+        """The recording shared by parallel clips of all devices: "scene-city-location-segment"."""
+        if None in (self.scene, self.location, self.segment):
+            return None
+        return f"{self.scene}-{self.location}-{self.segment}"
+
+    @property
+    def label(self) -> int:
+        """Index of the scene in SCENES, -1 if unknown."""
+        return _SCENE_INDEX.get(self.scene, -1) if self.scene is not None else -1
+
+
+def parse_clip_name(filename: str) -> dict[str, str] | None:
+    """Fields of a TAU-style name "audio/scene-city-location-segment-device.wav", or None if not one."""
+    parts = PurePosixPath(filename).stem.split("-")
+    if len(parts) != 5 or parts[0] not in _SCENE_INDEX or parts[4] not in _DEVICE_INDEX:
+        return None
+    scene, city, loc, segment, device = parts
+    if not (city and loc and segment):
+        return None
+    return {"scene": scene, "city": city, "location": f"{city}-{loc}", "segment": segment, "device": device}
+
+
+@dataclass
+class TauDataset:
+    """Clips of one dataset folder with their split; `.missing` lists audio dropped as absent."""
+
+    root: Path
+    clips: list[Clip]
+    version: str = "unknown"
+    missing: list[str] = field(default_factory=list)
+    synthetic: bool = False
+    synthetic_info: dict | None = None
+
+    def split(self, name: str) -> list[Clip]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        return [c for c in self.clips if c.split == name]
+
+    def path(self, clip: Clip) -> Path:
+        return self.root / clip.filename
+
+    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{"device": {split: {device: n}}, "scene": {split: {scene: n}}}; None labels count as "unknown"."""
+        by_device: dict[str, Counter] = {}
+        by_scene: dict[str, Counter] = {}
+        for c in self.clips:
+            by_device.setdefault(c.split, Counter())[c.device or "unknown"] += 1
+            by_scene.setdefault(c.split, Counter())[c.scene or "unknown"] += 1
+
+        def ordered(counter: Counter, names: tuple[str, ...]) -> dict[str, int]:
+            keys = [k for k in names if k in counter] + sorted(k for k in counter if k not in names)
+            return {k: counter[k] for k in keys}
+
+        splits = [s for s in SPLITS if s in by_device]
+        return {
+            "device": {s: ordered(by_device[s], DEVICES) for s in splits},
+            "scene": {s: ordered(by_scene[s], SCENES) for s in splits},
+        }
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+# ---------------------------------------------------------------- CSV reading
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    values: dict[str, str]
+
+
+def _read_table(path: Path, columns: tuple[str, ...], required: tuple[str, ...]) -> list[_Row]:
+    """Rows of a tab-separated file as dicts; header optional (then `columns` in order)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = [(i + 1, line.strip()) for i, line in enumerate(text.splitlines())]
+    lines = [(n, line) for n, line in lines if line]
+    if not lines:
+        raise DataError(f"{path}: empty file; expected a header line {chr(9).join(columns)!r} and rows")
+    first_no, first = lines[0]
+    head = [h.strip() for h in first.split("\t")]
+    if head[0] == "filename":
+        unknown = [h for h in head if h not in columns]
+        if unknown or len(set(head)) != len(head):
+            raise DataError(f"{path}:{first_no}: unexpected header {first!r}; expected the columns "
+                            f"{', '.join(columns)} separated by tabs")
+        header, body = head, lines[1:]
+    elif head[0].lower().endswith((".wav", ".flac")):
+        header, body = list(columns[: len(head)]), lines
+    else:
+        hint = " (the files are tab-separated, not comma-separated)" if "," in first else ""
+        raise DataError(f"{path}:{first_no}: expected a header line starting with 'filename'{hint}")
+    lacking = [c for c in required if c not in header]
+    if lacking:
+        raise DataError(f"{path}:{first_no}: missing column(s) {', '.join(lacking)}")
+    rows = []
+    for n, line in body:
+        values = [v.strip() for v in line.split("\t")]
+        if len(values) != len(header) or not values[0]:
+            raise DataError(f"{path}:{n}: malformed row {line[:120]!r}: expected {len(header)} "
+                            f"tab-separated field(s) ({', '.join(header)}), got {len(values)}")
+        rows.append(_Row(n, dict(zip(header, values))))
+    return rows
+
+
+def _check_filename(path: Path, row: _Row) -> str:
+    name = row.values["filename"].replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
+        raise DataError(f"{path}:{row.line}: file name {name!r} points outside the dataset folder")
+    return name
+
+
+def _check_scene(path: Path, row: _Row, scene: str) -> str:
+    if scene not in _SCENE_INDEX:
+        raise DataError(f"{path}:{row.line}: unknown scene {scene!r}; expected one of {', '.join(SCENES)}")
+    return scene
+
+
+def _check_device(path: Path, row: _Row, device: str) -> str:
+    if device not in _DEVICE_INDEX:
+        raise DataError(f"{path}:{row.line}: unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    return device
+
+
+def _read_meta(path: Path) -> dict[str, tuple[int, dict[str, str | None]]]:
+    """filename -> (line, fields) from meta.csv, fields checked against each other and the name."""
+    rows = _read_table(path, ("filename", "scene_label", "identifier", "source_label"), ("filename",))
+    meta: dict[str, tuple[int, dict[str, str | None]]] = {}
+    for row in rows:
+        name = _check_filename(path, row)
+        if name in meta:
+            raise DataError(f"{path}:{row.line}: duplicate row for {name} (first at line {meta[name][0]})")
+        parsed = parse_clip_name(name)
+        fields: dict[str, str | None] = dict(parsed) if parsed else dict.fromkeys(
+            ("scene", "city", "location", "segment", "device"))
+        scene = row.values.get("scene_label")
+        if scene:
+            fields["scene"] = _check_scene(path, row, scene)
+        ident = row.values.get("identifier")
+        if ident:
+            city, sep, loc = ident.partition("-")
+            if not (sep and city and loc):
+                raise DataError(f"{path}:{row.line}: malformed identifier {ident!r}; expected city-location")
+            fields["location"], fields["city"] = ident, city
+        device = row.values.get("source_label")
+        if device:
+            fields["device"] = _check_device(path, row, device)
+        if parsed:
+            for key in ("scene", "location", "device"):
+                if fields[key] != parsed[key]:
+                    raise DataError(f"{path}:{row.line}: {key} {fields[key]!r} contradicts the file name "
+                                    f"{name} ({parsed[key]!r})")
+        meta[name] = (row.line, fields)
+    return meta
+
+
+def _read_fold(path: Path, split: str) -> list[tuple[_Row, str]]:
+    required = ("filename",) if split == "test" else ("filename", "scene_label")
+    rows = _read_table(path, ("filename", "scene_label"), required)
+    seen: dict[str, int] = {}
+    out = []
+    for row in rows:
+        name = _check_filename(path, row)
+        if name in seen:
+            raise DataError(f"{path}:{row.line}: duplicate row for {name} (first at line {seen[name]})")
+        seen[name] = row.line
+        scene = row.values.get("scene_label")
+        if scene:
+            _check_scene(path, row, scene)
+        out.append((row, name))
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _detect_version(splits: dict[str, list[str]], synthetic: bool) -> str:
+    if synthetic:
+        return "synthetic"
+    n_train, n_eval = len(splits.get("train", [])), len(splits.get("evaluate", []))
+    if (n_train, n_eval) in KNOWN_VERSIONS:
+        return KNOWN_VERSIONS[(n_train, n_eval)]
+    if not n_train and not n_eval and splits.get("test"):
+        return "eval"
+    return "unknown"
+
+
+def _existing(root: Path, names: list[str]) -> set[str]:
+    """Which of `names` exist as files, listing each folder once (fast on 23k files)."""
+    listing: dict[str, set[str] | None] = {}
+    found = set()
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        if folder not in listing:
+            try:
+                with os.scandir(root / folder if folder else root) as it:
+                    listing[folder] = {e.name for e in it if e.is_file()}
+            except OSError:
+                listing[folder] = None
+        entries = listing[folder]
+        if entries is not None and base in entries:
+            found.add(name)
+    return found
+
+
+def load_tau2020(root: str | os.PathLike, *, allow_missing: bool = False,
+                 check_audio: bool = True) -> TauDataset:
+    """Read a TAU 2020 Mobile folder into a TauDataset.
+
+    Splits: fold1_train -> train; fold1_evaluate -> evaluate (fold1_test repeats it in the development
+    set); in fold1_test only -> test; in meta.csv but no fold -> unused. Without meta.csv, labels come
+    from the file names; anonymous names (the evaluation set) load with unknown labels.
+    Missing audio raises a DataError unless `allow_missing` (then they are dropped and listed in
+    `.missing`); `check_audio=False` skips the check for metadata-only use.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such dataset folder; build one with `asc data synth --out {root}` "
+                        f"or fetch the real set with `asc data download --to {root}`")
+    meta_path = root / META_FILE
+    meta = _read_meta(meta_path) if meta_path.is_file() else None
+    folds = {split: root / rel for split, rel in FOLD_FILES.items() if (root / rel).is_file()}
+    if not folds:
+        raise DataError(f"{root}: not a TAU 2020 Mobile folder: no {SETUP_DIR}/fold1_train.csv, "
+                        f"fold1_evaluate.csv or fold1_test.csv")
+
+    split_of: dict[str, str] = {}
+    fields_of: dict[str, dict[str, str | None]] = {}
+    order: dict[str, list[str]] = {s: [] for s in SPLITS}
+    where: dict[str, str] = {}
+    for split in ("train", "evaluate", "test"):
+        if split not in folds:
+            continue
+        path = folds[split]
+        for row, name in _read_fold(path, split):
+            if meta is not None:
+                if name not in meta:
+                    raise DataError(f"{path}:{row.line}: {name} is not listed in {meta_path}")
+                fields = meta[name][1]
+            else:
+                fields = fields_of.get(name) or parse_clip_name(name) or dict.fromkeys(
+                    ("scene", "city", "location", "segment", "device"))
+            scene = row.values.get("scene_label")
+            if scene and fields["scene"] is not None and scene != fields["scene"]:
+                src = f"{meta_path}:{meta[name][0]}" if meta is not None else "its file name"
+                raise DataError(f"{path}:{row.line}: {name} is labelled {scene!r} here but "
+                                f"{fields['scene']!r} in {src}")
+            if scene and fields["scene"] is None:
+                fields = {**fields, "scene": scene}
+            previous = split_of.get(name)
+            if previous is not None:
+                if split == "test" and previous == "evaluate":
+                    continue  # the development set repeats evaluate as test
+                raise DataError(f"{path}:{row.line}: {name} is also in {where[name]} ({previous}); "
+                                f"a clip belongs to one split")
+            split_of[name], fields_of[name], where[name] = split, fields, f"{path}:{row.line}"
+            order[split].append(name)
+    if meta is not None:
+        for name, (_, fields) in meta.items():
+            if name not in split_of:
+                split_of[name], fields_of[name] = "unused", fields
+                order["unused"].append(name)
+
+    names = [n for s in SPLITS for n in order[s]]
+    missing: list[str] = []
+    if check_audio and names:
+        present = _existing(root, names)
+        missing = [n for n in names if n not in present]
+        if missing and not allow_missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise DataError(f"{root}: {len(missing)} of {len(names)} audio files are missing ({shown}); "
+                            f"complete the download, or pass allow_missing=True / --allow-missing "
+                            f"to skip them")
+        if missing:
+            log.warning("%s: %d of %d audio files are missing and were dropped (first: %s)",
+                        root, len(missing), len(names), missing[0])
+    dropped = set(missing)
+    clips = [Clip(filename=n, split=split_of[n], **fields_of[n]) for n in names if n not in dropped]
+
+    marker = root / SYNTHETIC_MARKER
+    synthetic = marker.is_file()
+    info = None
+    if synthetic:
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+    version = _detect_version(order, synthetic)
+    return TauDataset(root=root, clips=clips, version=version, missing=missing, synthetic=synthetic,
+                      synthetic_info=info)
