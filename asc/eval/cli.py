@@ -1,0 +1,78 @@
+"""`asc evaluate` and `asc compare`. Only argparse at import time; the work is imported on use."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="score a trained run per device and per scene; write RUN/report/",
+        description=(
+            "Run a trained checkpoint over the recipe's evaluation split and write RUN/report/report.json,\n"
+            "report.md and PNG figures: accuracy, macro accuracy and log loss overall, per device (a, b, c,\n"
+            "s1-s6) and device group, per scene, confusion matrices, and the paper's intra/inter angles and\n"
+            "IIR of the classification-layer features (class centres from the training split).\n"
+            "A split without labels (the official evaluation set) gets predictions.csv in the DCASE\n"
+            "submission format instead of scores."
+        ),
+        epilog="example:\n  asc evaluate runs/resnet17-l2bn-s0 --checkpoint best --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("run", metavar="RUN", help="run folder written by `asc train`")
+    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                          help="which checkpoint to score (default: best)")
+    evaluate.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                          help="where the model runs (default: cuda when available, else cpu)")
+    evaluate.add_argument("--batch-size", type=int, default=64, metavar="N",
+                          help="clips per forward pass (default: 64)")
+    evaluate.add_argument("--workers", type=int, default=0, metavar="N",
+                          help="data-loading worker processes (default: 0, load in the main process)")
+    evaluate.add_argument("--no-angles", dest="angles", action="store_false",
+                          help="skip the angle measures (saves a pass over the training split)")
+    evaluate.set_defaults(func=_evaluate)
+
+    compare = subparsers.add_parser(
+        "compare",
+        help="BN vs L2BN table over evaluated runs (mean ± std over seeds)",
+        description=(
+            "Read RUN/report/report.json of each run, group the runs by model and norm, and write\n"
+            "compare.md, compare.json and per_device.png: accuracy (mean ± std over seeds), macro\n"
+            "accuracy, log loss, per-device accuracy and IIR side by side, with the L2BN - BN difference\n"
+            "of each model. The main table is also printed."
+        ),
+        epilog="example:\n  asc compare runs/resnet17-bn-s* runs/resnet17-l2bn-s* --out runs/compare",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run folders")
+    compare.add_argument("--out", metavar="DIR", default=None,
+                         help="output folder (default: the runs' common parent folder + /compare)")
+    compare.set_defaults(func=_compare)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from asc.errors import ConfigError
+    from asc.eval.evaluate import evaluate_run, summary_lines
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    result = evaluate_run(args.run, checkpoint=args.checkpoint, device=args.device,
+                          batch_size=args.batch_size, workers=args.workers, angles=args.angles)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from asc.eval.compare import compare_runs, main_table
+
+    summary, _, out = compare_runs(args.runs, args.out)
+    if summary.get("notice"):
+        print(summary["notice"])
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}")
+    print("\n".join(main_table(summary)))
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'per_device.png'}")
+    return 0

@@ -1,0 +1,299 @@
+"""Side-by-side comparison of evaluated runs: BN against L2BN per model, mean ± std over seeds.
+
+Reads each run's `report/report.json` (written by `asc evaluate`), groups the runs by model and
+norm, and writes compare.md, compare.json and a per-device bar chart, the way the paper's Tables 1
+and 6 put accuracy and IIR of BN and L2BN next to each other. The std is the sample standard
+deviation over seeds (n - 1 in the denominator); it is empty for a single run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asc.errors import AscError, DataError
+from asc.fileio import atomic_open, atomic_write_json, atomic_write_text
+
+BASELINE_NORM = "bn"
+SCORE_KEYS = ("accuracy", "macro_accuracy", "log_loss")
+ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
+GROUP_KEYS = ("real", "seen_simulated", "unseen")
+REPORT_PATH = Path("report") / "report.json"
+
+
+def load_run_report(run_dir: str | os.PathLike) -> dict:
+    """The report.json of one run; a clear error when the run has not been evaluated yet."""
+    run_dir = Path(run_dir)
+    path = run_dir / REPORT_PATH
+    if not run_dir.is_dir():
+        raise AscError(f"{run_dir}: no such run folder")
+    if not path.is_file():
+        raise AscError(f"{run_dir}: no {REPORT_PATH}; run `asc evaluate {run_dir}` first")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); "
+                        f"rerun `asc evaluate {run_dir}`") from None
+    missing = [key for key in ("overall", "per_device", "run") if key not in report]
+    if missing:
+        raise DataError(f"{path}: not an evaluation report (missing {', '.join(missing)}); "
+                        f"rerun `asc evaluate {run_dir}`")
+    return report
+
+
+def _stats(values: Sequence[float | None]) -> dict:
+    """mean, sample std and count of the values that are present (None is skipped)."""
+    present = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not present:
+        return {"mean": None, "std": None, "n": 0}
+    arr = np.asarray(present, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else None
+    return {"mean": float(arr.mean()), "std": std, "n": int(arr.size)}
+
+
+def _norm_order(norm: str) -> tuple[int, str]:
+    return (0 if norm == BASELINE_NORM else 1 if norm == "l2bn" else 2, norm)
+
+
+def _group_key(report: Mapping) -> tuple[str, str]:
+    run = report.get("run") or {}
+    return str(run.get("model") or "?"), str(run.get("norm") or "?")
+
+
+def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
+    """Group (run_dir, report) pairs by model x norm and reduce every score over the seeds."""
+    if not runs:
+        raise AscError("no runs to compare")
+    by_group: dict[tuple[str, str], list[tuple[str, Mapping]]] = {}
+    for run_dir, report in runs:
+        by_group.setdefault(_group_key(report), []).append((run_dir, report))
+    models = sorted({model for model, _ in by_group})
+    ordered = [(m, n) for m in models for n in sorted({n for mm, n in by_group if mm == m}, key=_norm_order)]
+
+    devices: list[str] = []
+    for _, report in runs:
+        for name, scores in report.get("per_device", {}).items():
+            if name not in devices and scores.get("n"):
+                devices.append(name)
+
+    groups = []
+    warnings = []
+    for model, norm in ordered:
+        members = by_group[(model, norm)]
+        reports = [r for _, r in members]
+        seeds = [(r.get("run") or {}).get("seed") for r in reports]
+        if len([s for s in seeds if s is not None]) != len({s for s in seeds if s is not None}):
+            warnings.append(f"{model} / {norm}: several runs share a seed ({seeds})")
+        entry: dict[str, Any] = {
+            "model": model, "norm": norm, "runs": [d for d, _ in members], "seeds": seeds, "n": len(members),
+        }
+        for key in SCORE_KEYS:
+            entry[key] = _stats([r["overall"].get(key) for r in reports])
+        entry["per_device"] = {d: _stats([r["per_device"].get(d, {}).get("accuracy") for r in reports])
+                               for d in devices}
+        entry["device_groups"] = {g: _stats([(r.get("device_groups") or {}).get(g, {}).get("accuracy")
+                                             for r in reports]) for g in GROUP_KEYS}
+        entry["angles"] = {a: _stats([(r.get("angles") or {}).get(a) for r in reports]) for a in ANGLE_KEYS}
+        groups.append(entry)
+
+    differences = []
+    for model in models:
+        base = next((g for g in groups if g["model"] == model and g["norm"] == BASELINE_NORM), None)
+        if base is None:
+            continue
+        for other in (g for g in groups if g["model"] == model and g["norm"] != BASELINE_NORM):
+            differences.append(_difference(base, other))
+
+    datasets = []
+    for _, report in runs:
+        ds = report.get("dataset") or {}
+        info = {"name": ds.get("name"), "root": ds.get("root"), "synthetic": bool(report.get("synthetic"))}
+        if info not in datasets:
+            datasets.append(info)
+    if len(datasets) > 1:
+        warnings.append("the runs were evaluated on different datasets: "
+                        + "; ".join(f"{d['name']} at {d['root']}" for d in datasets))
+    synthetic = any(d["synthetic"] for d in datasets)
+    notice = None
+    if synthetic:
+        where = ", ".join(str(d["root"] or d["name"]) for d in datasets if d["synthetic"])
+        notice = (f"Synthetic data: runs evaluated on the synthetic TAU-format set ({where}); "
+                  "these numbers check the pipeline and say nothing about accuracy on real recordings.")
+    return {
+        "synthetic": synthetic,
+        "notice": notice,
+        "datasets": datasets,
+        "devices": devices,
+        "std": "sample standard deviation over seeds (n - 1); null for a single run",
+        "groups": groups,
+        "differences": differences,
+        "warnings": warnings,
+    }
+
+
+def _diff(a: Mapping, b: Mapping) -> float | None:
+    if a.get("mean") is None or b.get("mean") is None:
+        return None
+    return b["mean"] - a["mean"]
+
+
+def _difference(base: Mapping, other: Mapping) -> dict:
+    """Mean of `other` minus mean of the BN baseline, for every score."""
+    out: dict[str, Any] = {"model": base["model"], "norm": other["norm"], "baseline": base["norm"]}
+    for key in SCORE_KEYS:
+        out[key] = _diff(base[key], other[key])
+    out["per_device"] = {d: _diff(base["per_device"][d], other["per_device"][d]) for d in base["per_device"]}
+    out["device_groups"] = {g: _diff(base["device_groups"][g], other["device_groups"][g]) for g in GROUP_KEYS}
+    out["angles"] = {a: _diff(base["angles"][a], other["angles"][a]) for a in ANGLE_KEYS}
+    return out
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+def _fmt(stats: Mapping, scale: float = 1.0, digits: int = 2) -> str:
+    if stats.get("mean") is None:
+        return "–"
+    text = f"{scale * stats['mean']:.{digits}f}"
+    if stats.get("std") is not None:
+        text += f" ± {scale * stats['std']:.{digits}f}"
+    return text
+
+
+def _fmt_diff(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "–" if value is None else f"{scale * value:+.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _rows_with_differences(summary: Mapping, cells, diff_cells) -> list[list[str]]:
+    """One row per group, each model's L2BN - BN (and other - BN) rows right after it."""
+    rows = []
+    models = list(dict.fromkeys(g["model"] for g in summary["groups"]))
+    for model in models:
+        for group in (g for g in summary["groups"] if g["model"] == model):
+            rows.append([model, group["norm"], str(group["n"]), *cells(group)])
+        for diff in (d for d in summary["differences"] if d["model"] == model):
+            rows.append([model, f"**{diff['norm']} − {diff['baseline']}**", "", *diff_cells(diff)])
+    return rows
+
+
+def main_table(summary: Mapping) -> list[str]:
+    """Accuracy, macro accuracy, log loss, device groups and IIR: the table printed on the terminal."""
+    header = ["model", "norm", "runs", "accuracy %", "macro acc. %", "log loss", "real %", "seen sim. %",
+              "unseen %", "IIR train", "IIR test"]
+
+    def cells(g):
+        return [_fmt(g["accuracy"], 100), _fmt(g["macro_accuracy"], 100), _fmt(g["log_loss"], 1, 3),
+                *(_fmt(g["device_groups"][k], 100) for k in GROUP_KEYS),
+                _fmt(g["angles"]["iir_train"], 1, 3), _fmt(g["angles"]["iir_test"], 1, 3)]
+
+    def diff_cells(d):
+        return [_fmt_diff(d["accuracy"], 100), _fmt_diff(d["macro_accuracy"], 100),
+                _fmt_diff(d["log_loss"], 1, 3),
+                *(_fmt_diff(d["device_groups"][k], 100) for k in GROUP_KEYS),
+                _fmt_diff(d["angles"]["iir_train"], 1, 3), _fmt_diff(d["angles"]["iir_test"], 1, 3)]
+
+    return _table(header, _rows_with_differences(summary, cells, diff_cells))
+
+
+def device_table(summary: Mapping) -> list[str]:
+    devices = summary["devices"]
+
+    def cells(g):
+        return [_fmt(g["per_device"][d], 100, 1) for d in devices]
+
+    def diff_cells(d):
+        return [_fmt_diff(d["per_device"].get(dev), 100, 1) for dev in devices]
+
+    return _table(["model", "norm", "runs", *devices], _rows_with_differences(summary, cells, diff_cells))
+
+
+def angle_table(summary: Mapping) -> list[str]:
+    names = {"intra_train": "intra train °", "intra_test": "intra test °", "inter": "inter °",
+             "iir_train": "IIR train", "iir_test": "IIR test"}
+
+    def cells(g):
+        return [_fmt(g["angles"][a], 1, 3 if a.startswith("iir") else 2) for a in ANGLE_KEYS]
+
+    def diff_cells(d):
+        return [_fmt_diff(d["angles"][a], 1, 3 if a.startswith("iir") else 2) for a in ANGLE_KEYS]
+
+    return _table(["model", "norm", "runs", *(names[a] for a in ANGLE_KEYS)],
+                  _rows_with_differences(summary, cells, diff_cells))
+
+
+def render_markdown(summary: Mapping, figure: str | None = None) -> str:
+    lines: list[str] = []
+    if summary.get("synthetic"):
+        lines += [f"> **{summary['notice']}**", ""]
+    lines += ["# BN vs L2BN", "",
+              "Mean ± std over seeds (sample std, n − 1); accuracies in %; difference rows are "
+              "mean(norm) − mean(bn) of the same model.", ""]
+    for warning in summary.get("warnings", []):
+        lines += [f"> Warning: {warning}", ""]
+    lines += ["## Overall", "", *main_table(summary), ""]
+    lines += ["## Accuracy per device (%)", "", *device_table(summary), ""]
+    lines += ["## Angles of classification-layer features", "", *angle_table(summary), ""]
+    lines += ["## Runs", ""]
+    for group in summary["groups"]:
+        lines.append(f"- {group['model']} / {group['norm']}: " + ", ".join(f"`{r}`" for r in group["runs"]))
+    if figure:
+        lines += ["", f"![per-device accuracy]({figure})"]
+    return "\n".join(lines) + "\n"
+
+
+def _device_chart(summary: Mapping, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    devices = summary["devices"]
+    groups = summary["groups"]
+    width = 0.8 / max(len(groups), 1)
+    fig = Figure(figsize=(2 + 0.9 * max(len(devices), 3), 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(devices))
+    for i, group in enumerate(groups):
+        means = [100 * (group["per_device"][d]["mean"] or 0.0) for d in devices]
+        stds = [100 * (group["per_device"][d]["std"] or 0.0) for d in devices]
+        ax.bar(x - 0.4 + (i + 0.5) * width, means, width, yerr=stds, capsize=2,
+               label=f"{group['model']} / {group['norm']} (n={group['n']})")
+    ax.set_xticks(x, devices)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy %")
+    title = "Accuracy per device, mean ± std over seeds"
+    ax.set_title(("SYNTHETIC DATA — " if summary.get("synthetic") else "") + title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+
+
+def default_out_dir(run_dirs: Sequence[str | os.PathLike]) -> Path:
+    """`<common parent of the runs>/compare`."""
+    parents = [os.path.abspath(Path(r).resolve().parent) for r in run_dirs]
+    return Path(os.path.commonpath(parents)) / "compare"
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None
+                 ) -> tuple[dict, str, Path]:
+    """Load, summarise and write compare.{md,json} and per_device.png; returns (summary, markdown, out)."""
+    if not run_dirs:
+        raise AscError("no runs to compare")
+    runs = [(str(r), load_run_report(r)) for r in run_dirs]
+    summary = summarise(runs)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    _device_chart(summary, out / "per_device.png")
+    markdown = render_markdown(summary, "per_device.png")
+    atomic_write_json(out / "compare.json", summary)
+    atomic_write_text(out / "compare.md", markdown)
+    return summary, markdown, out

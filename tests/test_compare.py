@@ -1,0 +1,128 @@
+"""`asc compare` on hand-made report.json files: grouping, mean ± std over seeds, L2BN - BN."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from asc.errors import AscError, DataError
+from asc.eval.compare import compare_runs, default_out_dir, load_run_report
+
+DEVICES = ["a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"]
+
+
+def _fake_run(root, name, model, norm, seed, acc, device_a, iir_test, synthetic=True):
+    run = root / name
+    (run / "report").mkdir(parents=True)
+    per_device = {d: {"accuracy": acc, "log_loss": 1.0, "n": 10} for d in DEVICES}
+    per_device["a"]["accuracy"] = device_a
+    report = {
+        "synthetic": synthetic,
+        "dataset": {"name": "tiny", "root": "/data/tiny", "synthetic": synthetic},
+        "run": {"model": model, "norm": norm, "seed": seed},
+        "overall": {"accuracy": acc, "macro_accuracy": acc - 0.01, "log_loss": 1.0 - acc, "n": 90},
+        "per_device": per_device,
+        "device_groups": {
+            g: {"accuracy": acc, "log_loss": 1.0, "n": 30} for g in ("real", "seen_simulated", "unseen")
+        },
+        "angles": {
+            "intra_train": 20.0,
+            "intra_test": 25.0,
+            "inter": 40.0,
+            "iir_train": 0.5,
+            "iir_test": iir_test,
+        },
+    }
+    (run / "report" / "report.json").write_text(json.dumps(report))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    return [
+        _fake_run(root, "r17-bn-0", "resnet17", "bn", 0, 0.70, 0.80, 0.90),
+        _fake_run(root, "r17-bn-1", "resnet17", "bn", 1, 0.72, 0.82, 0.80),
+        _fake_run(root, "r17-bn-2", "resnet17", "bn", 2, 0.74, 0.84, 0.70),
+        _fake_run(root, "r17-l2bn-0", "resnet17", "l2bn", 0, 0.73, 0.85, 0.60),
+        _fake_run(root, "r17-l2bn-1", "resnet17", "l2bn", 1, 0.75, 0.87, 0.70),
+        _fake_run(root, "fcnn-l2bn-0", "fcnn", "l2bn", 0, 0.69, 0.79, 0.75),
+    ]
+
+
+def test_means_stds_and_differences(runs, tmp_path):
+    summary, markdown, out = compare_runs(runs, tmp_path / "cmp")
+    groups = {(g["model"], g["norm"]): g for g in summary["groups"]}
+    assert [(g["model"], g["norm"]) for g in summary["groups"]] == [
+        ("fcnn", "l2bn"),
+        ("resnet17", "bn"),
+        ("resnet17", "l2bn"),
+    ]
+    bn, l2 = groups[("resnet17", "bn")], groups[("resnet17", "l2bn")]
+    assert bn["n"] == 3 and bn["seeds"] == [0, 1, 2]
+    assert bn["accuracy"]["mean"] == pytest.approx(0.72)
+    assert bn["accuracy"]["std"] == pytest.approx(0.02)  # sample std of 0.70, 0.72, 0.74
+    assert l2["accuracy"]["mean"] == pytest.approx(0.74)
+    assert l2["accuracy"]["std"] == pytest.approx(np.std([0.73, 0.75], ddof=1))
+    assert l2["per_device"]["a"]["mean"] == pytest.approx(0.86)
+    assert groups[("fcnn", "l2bn")]["accuracy"]["std"] is None
+    assert len(summary["differences"]) == 1  # fcnn has no BN baseline
+    diff = summary["differences"][0]
+    assert (diff["model"], diff["norm"], diff["baseline"]) == ("resnet17", "l2bn", "bn")
+    assert diff["accuracy"] == pytest.approx(0.02)
+    assert diff["per_device"]["a"] == pytest.approx(0.86 - 0.82)
+    assert diff["angles"]["iir_test"] == pytest.approx(0.65 - 0.80)
+    assert diff["log_loss"] == pytest.approx(-0.02)
+
+    assert markdown.splitlines()[0].startswith("> **Synthetic data")
+    assert "| resnet17 | bn | 3 | 72.00 ± 2.00 |" in markdown
+    assert "| resnet17 | **l2bn − bn** |  | +2.00 |" in markdown
+    assert "| fcnn | l2bn | 1 | 69.00 |" in markdown
+    assert (out / "compare.md").read_text() == markdown
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["differences"][0]["accuracy"] == pytest.approx(0.02)
+    assert (out / "per_device.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_default_out_dir_is_common_parent(runs, tmp_path):
+    assert default_out_dir(runs) == (tmp_path / "runs" / "compare").resolve()
+    assert default_out_dir(runs[:1]) == (tmp_path / "runs" / "compare").resolve()
+    _, _, out = compare_runs(runs[:2])
+    assert out == (tmp_path / "runs" / "compare").resolve() and (out / "compare.json").is_file()
+
+
+def test_missing_report_names_the_run(tmp_path):
+    run = tmp_path / "runs" / "fresh"
+    run.mkdir(parents=True)
+    with pytest.raises(AscError, match=r"fresh: no report/report.json; run `asc evaluate .*fresh` first"):
+        load_run_report(run)
+    with pytest.raises(AscError, match="no such run folder"):
+        load_run_report(tmp_path / "nope")
+    (run / "report").mkdir()
+    (run / "report" / "report.json").write_text("{\n  broken")
+    with pytest.raises(DataError, match=r"report.json:2: invalid JSON"):
+        load_run_report(run)
+
+
+def test_mixed_datasets_and_shared_seeds_are_flagged(tmp_path):
+    root = tmp_path / "runs"
+    runs = [
+        _fake_run(root, "x0", "fcnn", "bn", 0, 0.5, 0.6, 1.0, synthetic=False),
+        _fake_run(root, "x1", "fcnn", "bn", 0, 0.6, 0.7, 1.0, synthetic=True),
+    ]
+    summary, markdown, _ = compare_runs(runs, tmp_path / "out")
+    assert any("share a seed" in w for w in summary["warnings"])
+    assert summary["synthetic"] is True
+    assert markdown.startswith("> **Synthetic data")
+
+
+def test_cli_prints_the_table(runs, tmp_path, capsys):
+    from asc.cli import main
+
+    assert main(["compare", *map(str, runs[:5]), "--out", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    assert "| resnet17 | l2bn | 2 | 74.00 ± 1.41 |" in printed
+    assert (tmp_path / "c" / "compare.md").is_file()
+    assert main(["compare", str(tmp_path / "missing")]) == 2
