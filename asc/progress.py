@@ -18,7 +18,9 @@ def progress_enabled() -> bool:
 
 
 def progress(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
-             unit: str = "it", **kw: Any) -> tqdm:
-    """A tqdm bar (rate, ETA) that is disabled off-terminal; set ASC_PROGRESS=1 to force it on."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not progress_enabled(),
+             unit: str = "it", enabled: bool = True, **kw: Any) -> tqdm:
+    """A tqdm bar (rate, ETA) that is disabled off-terminal; set ASC_PROGRESS=1 to force it on.
+
+    `enabled=False` silences it regardless (e.g. on every rank but the first)."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not (enabled and progress_enabled()),
                 dynamic_ncols=True, leave=False, **kw)

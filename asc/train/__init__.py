@@ -1,0 +1,1 @@
+"""Training: recipes, the loop (AMP, DDP, checkpoints), schedules and batch augmentation."""

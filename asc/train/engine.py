@@ -1,0 +1,417 @@
+"""The training loop: one process or many (torchrun), CPU or GPU, resumable at epoch boundaries.
+
+Run directory:
+    recipe.yaml        the resolved recipe
+    env.json           versions, device, world size
+    metrics.jsonl      one JSON object per epoch
+    checkpoints/last.pt, checkpoints/best.pt
+    COMPLETED          written when the last epoch is done (summary JSON)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import asc
+from asc.config import dump_yaml, load_yaml
+from asc.errors import AscError
+from asc.fileio import atomic_write_json, atomic_write_text
+from asc.progress import progress
+from asc.train import data as tdata
+from asc.train.checkpoint import build_model, load_checkpoint, save_checkpoint
+from asc.train.recipe import resume_mismatch
+from asc.train.schedule import learning_rate
+
+
+class TrainingDiverged(AscError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device: str | None) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AscError("--device cuda: no CUDA device is available")
+    if world > 1:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+        dev = torch.device(f"cuda:{local_rank}") if want_cuda else torch.device("cpu")
+        if want_cuda:
+            torch.cuda.set_device(dev)
+        return Dist(rank, world, local_rank, dev)
+    return Dist(device=torch.device("cuda" if want_cuda else "cpu"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def environment(ctx: Dist) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "asc_l2bn": asc.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": str(ctx.device),
+        "world_size": ctx.world,
+        "threads": torch.get_num_threads(),
+    }
+    with contextlib.suppress(Exception):
+        import torchaudio
+
+        env["torchaudio"] = torchaudio.__version__
+    if ctx.device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(ctx.device)
+    return env
+
+
+def _decay_params(model: nn.Module, which: str) -> tuple[list, list]:
+    """Split parameters into (decayed, not decayed). 'conv': conv kernels (the Keras l2 regularizers of
+    the DCASE models); 'weights': conv and linear weights; 'all': everything."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_conv = isinstance(module, nn.modules.conv._ConvNd) and name == "weight"
+            is_weight = is_conv or (isinstance(module, nn.Linear) and name == "weight")
+            chosen = which == "all" or (which == "conv" and is_conv) or (which == "weights" and is_weight)
+            (decay if chosen else no_decay).append(p)
+    return decay, no_decay
+
+
+def make_optimizer(model: nn.Module, tr: dict) -> torch.optim.Optimizer:
+    decay, no_decay = _decay_params(model, tr["weight_decay_on"])
+    groups = [{"params": decay, "weight_decay": tr["weight_decay"]},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=tr["lr"], momentum=tr["momentum"],
+                           nesterov=tr["nesterov"] and tr["momentum"] > 0)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Trainer:
+    def __init__(self, recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False,
+                 device: str | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.ctx = setup_distributed(device)
+        self.resume = resume
+        tr = recipe["train"]
+        cuda = self.ctx.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            "bf16" if tr["amp"] == "auto" and cuda else tr["amp"])
+        if self.amp_dtype is not None and not cuda and tr["amp"] == "fp16":
+            raise AscError("train.amp=fp16 needs a GPU; use bf16 or off on CPU")
+        self.channels_last = tr["channels_last"] == "on" or (tr["channels_last"] == "auto" and cuda)
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_run_dir(self) -> int:
+        """Create or validate the run directory; returns the first epoch to train."""
+        ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        saved_recipe = self.run_dir / "recipe.yaml"
+        if ckpt_path.exists() or saved_recipe.exists():
+            if not self.resume:
+                raise AscError(f"{self.run_dir} already holds a run; pass --resume to continue it or "
+                               "choose another --out")
+            if saved_recipe.exists():
+                diff = resume_mismatch(load_yaml(saved_recipe), self.recipe)
+                if diff:
+                    raise AscError(f"{saved_recipe}: the recipe differs from the run being resumed at "
+                                   f"{diff}; resume with the same recipe and options or use a new --out")
+        if self.ctx.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "recipe.yaml", dump_yaml(self.recipe))
+            atomic_write_json(self.run_dir / "env.json", environment(self.ctx))
+        return 0
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.ctx.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
+        self._prepare_run_dir()
+        seed_everything(recipe["seed"])
+        task = tdata.load_task_data(recipe)
+        spec = {"name": recipe["model"]["name"], "num_classes": task.num_classes,
+                "in_channels": task.in_channels, "norm": recipe["norm"], "params": recipe["model"]["params"]}
+        model = self._wrap(build_model(spec))
+        optimizer = make_optimizer(model, tr)
+        start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
+        last_path = self.run_dir / "checkpoints" / "last.pt"
+        if self.resume and last_path.exists():
+            ckpt = load_checkpoint(last_path, map_location=ctx.device)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
+            if ctx.main:
+                print(f"resuming {self.run_dir} after epoch {start_epoch}", flush=True)
+        if ctx.main:
+            self._truncate_metrics(start_epoch)
+        if (self.run_dir / "COMPLETED").exists() and start_epoch >= tr["epochs"]:
+            if ctx.main:
+                print(f"{self.run_dir}: already complete ({tr['epochs']} epochs)")
+            return json.loads((self.run_dir / "COMPLETED").read_text())
+
+        train_model = model
+        if ctx.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        if tr["compile"]:
+            train_model = torch.compile(train_model)
+        writer = self._tensorboard() if ctx.main else None
+
+        n_train = len(task.train)
+        steps = tdata.steps_per_epoch(n_train, recipe)
+        record: dict[str, Any] = {}
+        for epoch in range(start_epoch, tr["epochs"]):
+            torch.manual_seed(recipe["seed"] * 1009 + epoch * 31 + ctx.rank)  # dropout stream per epoch
+            t0 = time.perf_counter()
+            train_stats = self._train_epoch(train_model, optimizer, task, epoch, steps)
+            record = {"epoch": epoch + 1, **train_stats}
+            last = epoch + 1 == tr["epochs"]
+            if ctx.main and ((epoch + 1) % tr["eval_every"] == 0 or last):
+                record.update(self._evaluate(model, task))
+                if tr["angles_every"] and ((epoch + 1) % tr["angles_every"] == 0 or last):
+                    record["angles"] = self._angles(model, task)
+            record["time_s"] = round(time.perf_counter() - t0, 3)
+            if ctx.main:
+                improved = record.get("val_acc", -1.0) > best["val_acc"]
+                if improved:
+                    best = {"val_acc": record["val_acc"], "epoch": epoch + 1}
+                self._append_metrics(record)
+                state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "model_spec": spec, "recipe": recipe, "metrics": record, "best": best}
+                save_checkpoint(state, last_path)
+                if improved:
+                    save_checkpoint(state, self.run_dir / "checkpoints" / "best.pt")
+                self._log_epoch(record, best, steps, writer)
+            if ctx.enabled:
+                dist.barrier()
+        summary = {"epochs": tr["epochs"], "final": record, "best": best, "run_dir": str(self.run_dir)}
+        if ctx.main:
+            atomic_write_json(self.run_dir / "COMPLETED", summary)
+            if writer is not None:
+                writer.close()
+        return summary
+
+    def _train_epoch(self, model: nn.Module, optimizer, task: tdata.TaskData, epoch: int, steps: int) -> dict:
+        recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
+        model.train()
+        loader = tdata.train_loader(task, recipe, epoch, ctx.rank, ctx.world,
+                                    pin_memory=ctx.device.type == "cuda")
+        local = min(tr["batch_size"], len(task.train)) // ctx.world
+        micro = tr["micro_batches"]
+        losses = torch.zeros(steps, device=ctx.device)
+        correct = torch.zeros((), device=ctx.device)
+        seen = 0
+        bar = progress(total=steps * local, desc=f"epoch {epoch + 1}/{tr['epochs']}", unit="sample",
+                       enabled=ctx.main)
+        sched = dict(schedule=tr["schedule"], lr=tr["lr"], min_lr=tr["min_lr"], epochs=tr["epochs"],
+                     warmup_epochs=tr["warmup_epochs"], first_cycle=tr["sgdr_first_cycle"],
+                     mult=tr["sgdr_mult"], milestones=tr["milestones"], gamma=tr["gamma"])
+        lr = tr["lr"]
+        for step, (x, y) in enumerate(loader):
+            lr = learning_rate(epoch + step / steps, **sched)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, targets = tdata.prepare_batch(x, y, task=task, recipe=recipe, epoch=epoch, step=step,
+                                             rank=ctx.rank, world=ctx.world)
+            x = x.to(ctx.device, non_blocking=True)
+            targets = targets.to(ctx.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            chunks = zip(x.chunk(micro), targets.chunk(micro))
+            step_loss = torch.zeros((), device=ctx.device)
+            for i, (xc, tc) in enumerate(chunks):
+                sync = contextlib.nullcontext() if (i == micro - 1 or not hasattr(model, "no_sync")) \
+                    else model.no_sync()
+                with sync:
+                    with torch.autocast(ctx.device.type, dtype=self.amp_dtype or torch.float32,
+                                        enabled=self.amp_dtype is not None):
+                        logits = model(xc)
+                    loss = soft_cross_entropy(logits, tc) * (len(xc) / len(x))
+                    loss.backward()
+                step_loss += loss.detach()
+                correct += (logits.argmax(1) == tc.argmax(1)).sum()
+            losses[step] = step_loss
+            if ctx.device.type == "cpu" or step % 10 == 9 or step == steps - 1:
+                self._check_finite(losses, epoch, step)
+            if tr["grad_clip"]:
+                nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+            optimizer.step()
+            seen += len(x)
+            bar.update(len(x))
+            if step % 5 == 0:
+                bar.set_postfix(loss=f"{float(step_loss):.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.close()
+        mean_loss = float(losses.mean())
+        stats = torch.tensor([mean_loss, float(correct), float(seen)], device=ctx.device)
+        if ctx.enabled:
+            dist.all_reduce(stats)
+            stats[0] /= ctx.world
+        return {"lr": lr, "train_loss": round(float(stats[0]), 6),
+                "train_acc": round(float(stats[1] / max(stats[2], 1)), 6)}
+
+    def _check_finite(self, losses: torch.Tensor, epoch: int, step: int) -> None:
+        done = losses[: step + 1]
+        bad = (~torch.isfinite(done)).nonzero()
+        if len(bad):
+            first = int(bad[0])
+            last = self.run_dir / "checkpoints" / "last.pt"
+            keep = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss is {float(done[first])} at epoch {epoch + 1}, step {first + 1}; "
+                                   f"stopping ({keep}); try a lower train.lr or train.grad_clip")
+
+    @torch.inference_mode()
+    def _predict(self, model: nn.Module, dataset, want_embed: bool = False):
+        model.eval()
+        tr = self.recipe["train"]
+        workers = self.recipe["data"]["num_workers"] if hasattr(dataset, "records") else 0
+        loader = tdata.eval_loader(dataset, tr["eval_batch_size"], workers)
+        outs, embeds, labels = [], [], []
+        for x, y in loader:
+            if x.dtype == torch.uint8:
+                from asc.data.cifar import normalize_images
+
+                x = normalize_images(x)
+            x = x.to(self.ctx.device, non_blocking=True).float()
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                if want_embed:
+                    logits, feats = forward_with_embedding(model, x)
+                    embeds.append(feats.float().cpu())
+                else:
+                    logits = model(x)
+            outs.append(logits.float().cpu())
+            labels.append(torch.as_tensor(y))
+        model.train()
+        logits = torch.cat(outs) if outs else torch.zeros(0)
+        feats = torch.cat(embeds) if embeds else None
+        return logits, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), feats
+
+    def _evaluate(self, model: nn.Module, task: tdata.TaskData) -> dict:
+        logits, labels, _ = self._predict(model, task.eval)
+        keep = labels >= 0
+        if not keep.any():
+            return {}
+        logits, labels = logits[keep], labels[keep]
+        return {"val_loss": round(float(F.cross_entropy(logits, labels)), 6),
+                "val_acc": round(float((logits.argmax(1) == labels).float().mean()), 6)}
+
+    def _angles(self, model: nn.Module, task: tdata.TaskData) -> dict:
+        from asc.eval.metrics import angle_metrics
+
+        _, train_labels, train_feats = self._predict(model, task.train, want_embed=True)
+        _, test_labels, test_feats = self._predict(model, task.eval, want_embed=True)
+        keep = test_labels >= 0
+        res = angle_metrics(train_feats.numpy(), train_labels.numpy(), test_feats[keep].numpy(),
+                            test_labels[keep].numpy())
+        return {k: (None if v is None else round(float(v), 4)) for k, v in res.items()}
+
+    # ------------------------------------------------------------------ logging
+    def _truncate_metrics(self, epoch: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        rows = [r for r in _read_metrics(path) if r.get("epoch", 0) <= epoch]
+        if path.exists():
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def _append_metrics(self, record: dict) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        rows = _read_metrics(path) + [record]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def _log_epoch(self, r: dict, best: dict, steps: int, writer) -> None:
+        rate = steps * self.recipe["train"]["batch_size"] / r["time_s"] if r["time_s"] else float("nan")
+        val = f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if "val_acc" in r else ""
+        angles = f"  IIR {r['angles']['iir_train']:.3f}" if r.get("angles") else ""
+        print(f"epoch {r['epoch']}/{self.recipe['train']['epochs']}  lr {r['lr']:.2e}  "
+              f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}{val}{angles}  "
+              f"best {best['val_acc']:.4f}@{best['epoch']}  {r['time_s']:.1f}s ({rate:.0f} samples/s)",
+              flush=True)
+        if writer is not None:
+            for k, v in r.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    writer.add_scalar(k, v, r["epoch"])
+            for k, v in (r.get("angles") or {}).items():
+                if v is not None:
+                    writer.add_scalar(f"angles/{k}", v, r["epoch"])
+
+
+def forward_with_embedding(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and classification-layer features in one pass when the model offers it."""
+    if hasattr(model, "forward_with_features"):
+        return model.forward_with_features(x)
+    return model(x), model.embed(x)
+
+
+def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False,
+          device: str | None = None) -> dict[str, Any]:
+    """Train `recipe` into `run_dir`; returns the summary (final and best metrics)."""
+    trainer = Trainer(recipe, run_dir, resume=resume, device=device)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
