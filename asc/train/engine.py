@@ -400,8 +400,8 @@ class Trainer:
 
 def forward_with_embedding(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and classification-layer features in one pass when the model offers it."""
-    if hasattr(model, "forward_with_features"):
-        return model.forward_with_features(x)
+    if hasattr(model, "forward_with_embedding"):
+        return model.forward_with_embedding(x)
     return model(x), model.embed(x)
 
 

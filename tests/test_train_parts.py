@@ -1,0 +1,112 @@
+"""Schedules, batch augmentation, the step sampler and recipe loading."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asc.errors import ConfigError
+from asc.train import augment
+from asc.train.data import StepSampler
+from asc.train.recipe import load_recipe, resume_mismatch
+from asc.train.schedule import learning_rate, sgdr_lr, sgdr_total_epochs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sgdr_cycles_match_the_dcase_recipe():
+    assert sgdr_total_epochs(6) == 126 and sgdr_total_epochs(7) == 254
+    # restarts at epochs 2, 6, 14, 30, 62: maximum there, minimum approached just before
+    for restart in (0, 2, 6, 14, 30, 62):
+        assert sgdr_lr(restart, 0.1, 1e-5) == pytest.approx(0.1)
+    for end, length in ((2, 2), (6, 4), (14, 8), (126, 64)):
+        assert sgdr_lr(end - 1e-9, 0.1, 1e-5) == pytest.approx(1e-5, abs=1e-9)
+        mid = end - length / 2
+        assert sgdr_lr(mid, 0.1, 1e-5) == pytest.approx((0.1 + 1e-5) / 2)
+    # a quarter into the 4-epoch cycle: min + (max-min)/2·(1 + cos(π/4))
+    expected = 1e-5 + 0.5 * (0.1 - 1e-5) * (1 + math.cos(math.pi / 4))
+    assert sgdr_lr(3.0, 0.1, 1e-5) == pytest.approx(expected)
+
+
+def test_other_schedules_and_warmup():
+    kw = dict(lr=0.1, min_lr=0.0, epochs=200, milestones=[150, 225], gamma=0.1)
+    assert learning_rate(100, schedule="cosine", **kw) == pytest.approx(0.05)
+    assert learning_rate(199.999, schedule="cosine", **kw) == pytest.approx(0.0, abs=1e-6)
+    assert learning_rate(160, schedule="step", **kw) == pytest.approx(0.01)
+    assert learning_rate(230, schedule="step", **kw) == pytest.approx(0.001)
+    assert learning_rate(2.5, schedule="cosine", warmup_epochs=5, **kw) == pytest.approx(0.05)
+
+
+def test_step_sampler_covers_epoch_and_splits_ranks_exactly():
+    single = list(StepSampler(100, 32, seed=3, epoch=1, partner=True))
+    assert len(single) == 3 and all(len(b) == 64 for b in single)
+    primary = [i for b in single for i in b[:32]]
+    assert len(set(primary)) == 96  # each clip at most once as primary
+    ranks = [list(StepSampler(100, 32, seed=3, epoch=1, rank=r, world=2, partner=True)) for r in range(2)]
+    for step, batch in enumerate(single):
+        r0, r1 = ranks[0][step], ranks[1][step]
+        assert r0[:16] + r1[:16] == batch[:32]  # primary slice
+        assert r0[16:] + r1[16:] == batch[32:]  # partner slice
+    # resuming at a step yields the remaining batches unchanged; another epoch reshuffles
+    assert list(StepSampler(100, 32, seed=3, epoch=1, partner=True, start_step=1)) == single[1:]
+    assert list(StepSampler(100, 32, seed=3, epoch=2, partner=True)) != single
+
+
+def test_masks_and_crop_follow_their_parameters():
+    g = augment.step_generator(0, 0, 0)
+    x = torch.randn(4, 3, 20, 50) + 5  # no zeros before masking
+    start, width = augment.mask_params(4, 3, 20, 13, 1, g)
+    assert (width < 13).all() and (start + width <= 20).all()
+    y = augment.apply_masks(x, start, width, axis=2)
+    for i in range(4):
+        for c in range(3):
+            s, w = int(start[i, c, 0]), int(width[i, c, 0])
+            zero_rows = (y[i, c] == 0).all(dim=1).nonzero().flatten().tolist()
+            assert zero_rows == list(range(s, s + w))
+    offsets = torch.tensor([0, 3, 10, 7])
+    cropped = augment.crop_time(x, offsets, 40)
+    for i, o in enumerate(offsets.tolist()):
+        assert torch.equal(cropped[i], x[i, :, :, o:o + 40])
+    assert augment.random_crop_offsets(1000, 423, 400, g).max() <= 23
+
+
+def test_mixup_weights_follow_beta_distribution():
+    from scipy import stats
+
+    lam = augment.mixup_weights(20000, 0.4, augment.step_generator(1, 2, 3)).numpy()
+    assert lam.min() >= 0 and lam.max() <= 1
+    assert stats.kstest(lam, stats.beta(0.4, 0.4).cdf).pvalue > 1e-3
+    again = augment.mixup_weights(20000, 0.4, augment.step_generator(1, 2, 3)).numpy()
+    np.testing.assert_array_equal(lam, again)
+
+
+def test_recipes_load_with_profiles_and_overrides():
+    for name in ("resnet17", "fcnn", "fsfcnn"):
+        paper = load_recipe(ROOT / "recipes/dcase2020" / f"{name}.yaml")
+        quick = load_recipe(ROOT / "recipes/dcase2020" / f"{name}.yaml", profile="quick", norm="l2bn", seed=4)
+        assert paper["train"]["batch_size"] == 32 and paper["augment"]["mixup_alpha"] == 0.4
+        assert paper["train"]["epochs"] == (126 if name == "resnet17" else 254)
+        assert quick["norm"] == "l2bn" and quick["seed"] == 4 and quick["train"]["epochs"] < 20
+        assert quick["model"]["params"]["width_mult"] < 1
+        assert Path(quick["data"]["cache_dir"]).parent == Path(quick["data"]["cache"])
+    r = load_recipe(ROOT / "recipes/dcase2020/resnet17.yaml", overrides=["train.epochs=3", "train.lr=0.05"])
+    assert r["train"]["epochs"] == 3 and r["train"]["lr"] == 0.05
+    assert resume_mismatch(r, {**r, "data": {**r["data"], "num_workers": 9}}) is None
+    assert resume_mismatch(r, {**r, "norm": "l2bn"}) == "norm"
+
+
+@pytest.mark.parametrize("override,message", [
+    (["train.epochs=0"], "train.epochs: 0 must be >= 1"),
+    (["norm=batchnorm"], "norm: 'batchnorm' is not one of"),
+    (["train.schedul=sgdr"], "unknown key train.schedul"),
+    (["train.amp=yes"], "train.amp"),
+])
+def test_recipe_validation_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(ROOT / "recipes/dcase2020/resnet17.yaml", overrides=override)
+    with pytest.raises(ConfigError, match="unknown profile 'fast'"):
+        load_recipe(ROOT / "recipes/dcase2020/resnet17.yaml", profile="fast")
