@@ -78,7 +78,7 @@ def _compute_angles(train_embeddings, train_labels, test_embeddings, test_labels
     return angles
 
 
-def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices: Sequence[str],
+def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices: Sequence[str] | None,
                  scene_names: Sequence[str], *, dataset: Mapping[str, Any] | None = None,
                  run: Mapping[str, Any] | None = None, history: Sequence[Mapping] | None = None,
                  train_embeddings: np.ndarray | None = None, train_labels: np.ndarray | None = None,
@@ -88,20 +88,24 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
     """Score the outputs of one model on one split.
 
     logits (N, K) and labels (N,) in the order of `scene_names`; a label of -1 marks an unlabelled
-    clip, which is left out of every score. devices (N,) name the recording device of each clip.
+    clip, which is left out of every score. devices (N,) name the recording device of each clip
+    (None for data without devices, e.g. images: no per-device scores).
     Train/test embeddings are classification-layer features for the paper's angle measures.
     Devices and device groups default to TAU 2020 Mobile's (a, b, c, s1-s6; real, seen, unseen).
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    devices = [str(d) for d in devices]
+    has_devices = devices is not None
+    devices = [str(d) for d in devices] if has_devices else [""] * len(labels)
     scene_names = [str(s) for s in scene_names]
     n, k = logits.shape if logits.ndim == 2 else (None, None)
     if logits.ndim != 2 or k != len(scene_names):
         raise ValueError(f"logits must be (N, {len(scene_names)}), got shape {logits.shape}")
     if labels.shape != (n,) or len(devices) != n:
         raise ValueError(f"{n} logit rows but {labels.shape[0]} labels and {len(devices)} devices")
-    if device_order is None or device_groups is None:
+    if not has_devices:
+        device_order, device_groups = [], {}
+    elif device_order is None or device_groups is None:
         default_order, default_groups = _tau_devices()
         device_order = default_order if device_order is None else device_order
         device_groups = default_groups if device_groups is None else device_groups
@@ -114,8 +118,10 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
     y, p, dev = labels[labelled], prob[labelled], [d for d, keep in zip(devices, labelled) if keep]
     pred = p.argmax(axis=1)
 
-    per_device = {name: {key: s[key] for key in ("accuracy", "log_loss", "n")}
-                  for name, s in M.scores_by(y, p, dev, order=device_order).items()}
+    per_device = {}
+    if has_devices:
+        per_device = {name: {key: s[key] for key in ("accuracy", "log_loss", "n")}
+                      for name, s in M.scores_by(y, p, dev, order=device_order).items()}
     groups = M.group_scores(y, p, dev, device_groups)
     per_scene = {}
     for index, scene in enumerate(scene_names):
@@ -203,7 +209,7 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
         lines += [f"> **{report['notice']}**", ""]
     lines += [f"# {_title(report)}", ""]
     ds, run = report.get("dataset") or {}, report.get("run") or {}
-    kind = "synthetic" if report.get("synthetic") else "real"
+    kind = "SYNTHETIC" if report.get("synthetic") else "real recordings"
     lines.append(f"- Dataset: {ds.get('name', 'unnamed')} ({kind}) at `{ds.get('root', '?')}`, "
                  f"split `{ds.get('split', '?')}`: {report['n_clips']} clips"
                  + (f", {report['n_unlabelled']} without labels" if report.get("n_unlabelled") else ""))
@@ -224,14 +230,15 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
     lines += _table(["accuracy %", "macro accuracy %", "log loss", "clips"],
                     [[_pct(overall["accuracy"]), _pct(overall["macro_accuracy"]),
                       _num(overall["log_loss"]), overall["n"]]])
-    lines += ["", "## Per device", ""]
-    rows = [[name, _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
-            for name, s in report["per_device"].items()]
-    rows += [[f"**{GROUP_TITLES.get(name, name)}**", _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
-             for name, s in report["device_groups"].items()]
-    lines += _table(["device", "accuracy %", "log loss", "clips"], rows)
-    lines += ["", "## Per scene", ""]
-    lines += _table(["scene", "accuracy %", "log loss", "clips"],
+    if report["per_device"]:
+        lines += ["", "## Per device", ""]
+        rows = [[name, _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
+                for name, s in report["per_device"].items()]
+        rows += [[f"**{GROUP_TITLES.get(name, name)}**", _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
+                 for name, s in report["device_groups"].items()]
+        lines += _table(["device", "accuracy %", "log loss", "clips"], rows)
+    lines += ["", "## Per class" if not report["per_device"] else "## Per scene", ""]
+    lines += _table(["class" if not report["per_device"] else "scene", "accuracy %", "log loss", "clips"],
                     [[name, _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
                      for name, s in report["per_scene"].items()])
 
@@ -412,8 +419,9 @@ def write_figures(report: Mapping, out_dir: str | os.PathLike) -> list[str]:
             fig = _confusion_figure(matrix, conf["labels"], f"{title}\n{GROUP_TITLES.get(name, name)}")
             _save(fig, out / f"confusion_{name}.png")
             written.append(f"confusion_{name}.png")
-        _save(_device_figure(report, title), out / "per_device_accuracy.png")
-        written.append("per_device_accuracy.png")
+        if report["per_device"]:
+            _save(_device_figure(report, title), out / "per_device_accuracy.png")
+            written.append("per_device_accuracy.png")
     history = report.get("history") or []
     if _has_angle_history(history):
         _save(_angles_figure(history, title), out / "angles.png")

@@ -1,0 +1,312 @@
+"""`asc evaluate RUN`: score a trained checkpoint and write RUN/report/.
+
+The run folder written by `asc train` holds recipe.yaml (the resolved recipe), metrics.jsonl (one
+JSON object per epoch) and checkpoints/{best,last}.pt. Evaluation runs the checkpoint over the
+recipe's evaluation split at full length (no crop, no augmentation), and over the training split for
+the class centres of the paper's angle measures, then builds and writes the report. A split without
+labels gets only predictions.csv (DCASE submission format) and a page saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asc.errors import AscError, DataError
+
+REPORT_DIR = "report"
+DATASET_NAMES = {"dcase": "TAU Urban Acoustic Scenes 2020 Mobile", "cifar100": "CIFAR-100"}
+
+
+@dataclass
+class EvalData:
+    """One split ready for scoring: a torch Dataset plus what the report needs to know about it."""
+
+    dataset: Any
+    split: str
+    labels: np.ndarray
+    class_names: list[str]
+    devices: list[str] | None
+    filenames: list[str]
+    root: str
+    synthetic: bool
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    report: dict
+    out_dir: Path
+    files: list[Path]
+
+
+# ----------------------------------------------------------------------------- run folder
+
+def read_history(path: Path) -> list[dict]:
+    """Per-epoch metrics of the run; a torn or malformed line is skipped with a warning, since the
+    history only feeds the curves and must not stop an evaluation."""
+    if not path.is_file():
+        return []
+    history = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            print(f"warning: {path}:{number}: skipped a malformed line ({exc.msg})", file=sys.stderr)
+            continue
+        if isinstance(entry, dict):
+            history.append(entry)
+    return history
+
+
+def _read_recipe(run_dir: Path, ckpt: Mapping) -> dict:
+    from asc.config import load_yaml
+
+    path = run_dir / "recipe.yaml"
+    if path.is_file():
+        return load_yaml(path)
+    if isinstance(ckpt.get("recipe"), Mapping):
+        return dict(ckpt["recipe"])
+    raise AscError(f"{path}: missing, and the checkpoint carries no recipe; is {run_dir} a run folder "
+                   "written by `asc train`?")
+
+
+def _recipe_value(recipe: Mapping, dotted: str, path: Path, default: Any = None) -> Any:
+    node: Any = recipe
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            if default is not None:
+                return default
+            raise AscError(f"{path}: the recipe has no {dotted}; re-create the run with `asc train`")
+        node = node[part]
+    return node
+
+
+def _checkpoint_path(run_dir: Path, which: str) -> Path:
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        found = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+        hint = (f"available: {', '.join(found)} (--checkpoint)" if found
+                else "train the run first with `asc train`")
+        raise AscError(f"{path}: no such checkpoint; {hint}")
+    return path
+
+
+def _pick_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AscError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
+# ----------------------------------------------------------------------------- data
+
+def _dcase_split(recipe: Mapping, split: str, recipe_path: Path) -> EvalData:
+    from asc.features.cache import read_manifest
+    from asc.features.dataset import FeatureDataset
+
+    cache_dir = _recipe_value(recipe, "data.cache_dir", recipe_path)
+    manifest = read_manifest(cache_dir)
+    dataset = FeatureDataset(cache_dir, split)
+    if len(dataset) == 0:
+        present = sorted({str(r.get("split")) for r in manifest.get("clips", [])})
+        raise DataError(f"{cache_dir}: the feature cache has no clips of split {split!r} (it has: "
+                        f"{', '.join(present) or 'none'}); extract that split with `asc extract`")
+    records = getattr(dataset, "records", None)
+    if records is not None and len(records) == len(dataset):
+        filenames = [str(r.get("file") or f"{r.get('id')}.wav") for r in records]
+    else:
+        filenames = [f"{clip_id}.wav" for clip_id in dataset.ids]
+    info = manifest.get("dataset") or {}
+    # the official evaluation set has anonymous clips without a device: no per-device scores then
+    devices = None
+    if any(d is not None for d in dataset.devices):
+        devices = ["unknown" if d is None else str(d) for d in dataset.devices]
+    return EvalData(
+        dataset=dataset, split=split, labels=np.asarray(dataset.labels, dtype=np.int64),
+        class_names=list(dataset.scenes), devices=devices, filenames=filenames,
+        root=str(info.get("root", "?")), synthetic=bool(dataset.synthetic or info.get("synthetic")),
+        extra={"cache_dir": str(cache_dir), "features": recipe.get("features")},
+    )
+
+
+def _cifar_split(recipe: Mapping, split: str, recipe_path: Path) -> EvalData:
+    from asc.data.cifar import CifarDataset
+
+    root = _recipe_value(recipe, "data.root", recipe_path)
+    split = "test" if split == "evaluate" else split
+    dataset = CifarDataset(root, split, train_augment=False)
+    return EvalData(
+        dataset=dataset, split=split, labels=np.asarray(dataset.labels, dtype=np.int64),
+        class_names=list(dataset.classes), devices=None,
+        filenames=[f"{split}-{i}" for i in range(len(dataset))], root=str(dataset.root),
+        synthetic=bool(dataset.synthetic),
+    )
+
+
+def load_split(recipe: Mapping, split: str, recipe_path: Path) -> EvalData:
+    task = recipe.get("task", "dcase")
+    if task == "cifar100":
+        return _cifar_split(recipe, split, recipe_path)
+    if task != "dcase":
+        raise AscError(f"{recipe_path}: unknown task {task!r}")
+    return _dcase_split(recipe, split, recipe_path)
+
+
+# ----------------------------------------------------------------------------- inference
+
+def run_model(model, dataset, *, device: str, batch_size: int, workers: int = 0, logits: bool = True,
+              desc: str = "evaluate") -> tuple[np.ndarray | None, np.ndarray]:
+    """(logits (N, K) or None, embeddings (N, D)) of every item of `dataset`, in order, float32.
+
+    Uses the model's single-pass `forward_with_embedding` when it has one; otherwise `forward` and
+    `embed` (two passes) or `embed` alone when logits are not needed.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from asc.progress import progress
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device == "cuda", persistent_workers=False)
+    both = getattr(model, "forward_with_embedding", None)
+    out_logits, out_embed = [], []
+    model.eval()
+    with torch.inference_mode():
+        for batch in progress(loader, desc=desc, total=len(loader), unit="batch"):
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            x = x.to(device, non_blocking=True).float()
+            if logits and both is not None:
+                z, e = both(x)
+            elif logits:
+                z, e = model(x), model.embed(x)
+            else:
+                z, e = None, model.embed(x)
+            if z is not None:
+                out_logits.append(z.float().cpu().numpy())
+            out_embed.append(e.float().reshape(e.shape[0], -1).cpu().numpy())
+    if not out_embed:
+        raise DataError(f"{desc}: the split has no clips")
+    embed = np.concatenate(out_embed)
+    return (np.concatenate(out_logits) if logits else None), embed
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device: str | None = None,
+                 batch_size: int = 64, workers: int = 0, angles: bool = True,
+                 out_dir: str | os.PathLike | None = None) -> EvalResult:
+    """Score one run's checkpoint on its evaluation split and write the report folder."""
+    import torch
+
+    from asc.eval.report import build_report, write_predictions, write_report
+    from asc.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AscError(f"{run_dir}: no such run folder")
+    device = _pick_device(device)
+    ckpt_path = _checkpoint_path(run_dir, checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    recipe = _read_recipe(run_dir, ckpt)
+    recipe_path = run_dir / "recipe.yaml"
+
+    eval_split = _recipe_value(recipe, "data.eval_split", recipe_path, default="evaluate")
+    train_split = _recipe_value(recipe, "data.train_split", recipe_path, default="train")
+    data = load_split(recipe, eval_split, recipe_path)
+    spec = ckpt.get("model_spec") or {}
+    if spec.get("num_classes") not in (None, len(data.class_names)):
+        raise AscError(f"{ckpt_path}: the model has {spec['num_classes']} classes but split {eval_split!r} "
+                       f"has {len(data.class_names)}; is the recipe's data the one this run was trained on?")
+
+    model = model_from_checkpoint(ckpt).to(device)
+    del ckpt["model"]
+    logits, embeddings = run_model(model, data.dataset, device=device, batch_size=batch_size,
+                                   workers=workers, desc=f"evaluate {eval_split}")
+    labelled = bool((data.labels >= 0).any())
+
+    train_embeddings = train_labels = None
+    if angles and labelled:
+        train = load_split(recipe, train_split, recipe_path)
+        _, train_embeddings = run_model(model, train.dataset, device=device, batch_size=batch_size,
+                                        workers=workers, logits=False, desc=f"features {train_split}")
+        train_labels = train.labels
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    model_cfg = recipe.get("model") if isinstance(recipe.get("model"), Mapping) else {}
+    run_info = {
+        "dir": str(run_dir.resolve()),
+        "recipe": recipe.get("name"),
+        "profile": recipe.get("profile"),
+        "task": recipe.get("task", "dcase"),
+        "model": model_cfg.get("name") or spec.get("name"),
+        "norm": recipe.get("norm") or spec.get("norm"),
+        "seed": recipe.get("seed"),
+        "checkpoint": checkpoint,
+        "epoch": ckpt.get("epoch"),
+        "model_params": model_cfg.get("params") or spec.get("params"),
+        "device": device,
+    }
+    task = recipe.get("task", "dcase")
+    name = ("synthetic " if data.synthetic else "") + DATASET_NAMES.get(task, task)
+    dataset_info = {"name": name, "root": data.root, "synthetic": data.synthetic, "split": data.split,
+                    "train_split": train_split, **data.extra}
+    report = build_report(
+        logits, data.labels, data.devices, data.class_names, dataset=dataset_info, run=run_info,
+        history=read_history(run_dir / "metrics.jsonl"), train_embeddings=train_embeddings,
+        train_labels=train_labels, test_embeddings=embeddings,
+    )
+    out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    files = write_report(report, out)
+    write_predictions(out / "predictions.csv", data.filenames, logits, data.class_names)
+    files.append(out / "predictions.csv")
+    return EvalResult(report=report, out_dir=out, files=files)
+
+
+def summary_lines(result: EvalResult) -> list[str]:
+    """A few lines for the terminal: what was scored, the headline numbers, where the files are."""
+    r = result.report
+    run, ds = r.get("run") or {}, r.get("dataset") or {}
+    lines = []
+    if r.get("synthetic"):
+        lines.append(r["notice"])
+    lines.append(f"{run.get('model')} / {run.get('norm')} / seed {run.get('seed')}, checkpoint "
+                 f"{run.get('checkpoint')} (epoch {run.get('epoch')}), split {ds.get('split')}: "
+                 f"{r['n_clips']} clips")
+    overall = r["overall"]
+    if overall.get("n"):
+        lines.append(f"accuracy {100 * overall['accuracy']:.2f} %, macro accuracy "
+                     f"{100 * overall['macro_accuracy']:.2f} %, log loss {overall['log_loss']:.3f}")
+        shown = [f"{d} {100 * s['accuracy']:.1f}" for d, s in r["per_device"].items() if s.get("n")]
+        groups = [f"{g} {100 * s['accuracy']:.1f}" for g, s in r["device_groups"].items() if s.get("n")]
+        if shown:
+            lines.append("per device %: " + ", ".join(shown) + (" | " + ", ".join(groups) if groups else ""))
+        a = r.get("angles") or {}
+        if a.get("inter") is not None:
+            def fmt(key: str, digits: int) -> str:
+                return "–" if a.get(key) is None else f"{a[key]:.{digits}f}"
+
+            lines.append(f"angles (degrees): intra train {fmt('intra_train', 2)}, intra test "
+                         f"{fmt('intra_test', 2)}, inter {fmt('inter', 2)}; IIR train {fmt('iir_train', 3)}, "
+                         f"IIR test {fmt('iir_test', 3)}")
+        elif a.get("note"):
+            lines.append(f"angles {a['note']}")
+    else:
+        lines.append("no labels in this split: wrote predictions only")
+    lines.append(f"wrote {result.out_dir / 'report.md'} (+ report.json, "
+                 f"{sum(1 for f in result.files if f.suffix == '.png')} figures, predictions.csv)")
+    return lines

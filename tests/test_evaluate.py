@@ -1,0 +1,260 @@
+"""`asc evaluate` end to end on a stored tiny run: TAU-format folder -> `asc extract` -> checkpoint in
+the training engine's format -> report, checked against the model run independently."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from asc.cli import main
+from asc.data.tau2020 import DEVICES, SCENES
+from asc.errors import AscError
+
+SR = 8000
+FEATURES = {  # small, fast features of 1-s clips: 3 x 32 x 55
+    "sample_rate": SR,
+    "duration": 1.0,
+    "n_fft": 256,
+    "hop_length": 128,
+    "n_mels": 32,
+    "fmax": 4000.0,
+    "deltas": True,
+    "storage": {"dtype": "float32", "shard_size": 32},
+}
+TRAIN_DEVICES = ("a", "a", "b")
+EVAL_DEVICES = ("a", "b", "s1", "s4")
+NOISE = {"a": 0.05, "b": 0.1, "s1": 0.4, "s4": 1.5}  # noisier devices are harder to classify
+
+
+def _write_tau_folder(root):
+    """A TAU 2020 Mobile-shaped folder: 30 train clips (a, a, b) and 40 evaluate clips (a, b, s1, s4)."""
+    rng = np.random.default_rng(0)
+    (root / "audio").mkdir(parents=True)
+    (root / "evaluation_setup").mkdir()
+    meta, train, evaluate = [], [], []
+    for k, scene in enumerate(SCENES):
+        for split, devices, city in (
+            ("train", TRAIN_DEVICES, "lisbon"),
+            ("evaluate", EVAL_DEVICES, "prague"),
+        ):
+            for j, device in enumerate(devices):
+                name = f"audio/{scene}-{city}-{100 + k}-{j}-{device}.wav"
+                t = np.arange(SR) / SR
+                noise = NOISE[device] * rng.standard_normal(SR)
+                wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * k) * t) + noise
+                sf.write(root / name, wave.astype(np.float32), SR, subtype="PCM_16")
+                meta.append(f"{name}\t{scene}\t{city}-{100 + k}\t{device}")
+                (train if split == "train" else evaluate).append(f"{name}\t{scene}")
+    (root / "meta.csv").write_text(
+        "filename\tscene_label\tidentifier\tsource_label\n" + "\n".join(meta) + "\n"
+    )
+    fold = root / "evaluation_setup"
+    (fold / "fold1_train.csv").write_text("filename\tscene_label\n" + "\n".join(train) + "\n")
+    (fold / "fold1_evaluate.csv").write_text("filename\tscene_label\n" + "\n".join(evaluate) + "\n")
+    (fold / "fold1_test.csv").write_text("filename\n" + "\n".join(r.split("\t")[0] for r in evaluate) + "\n")
+    (root / "SYNTHETIC.json").write_text(json.dumps({"generator": "test fixture"}))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from asc.features.cache import cache_path
+    from asc.models import create_model
+    from asc.train.checkpoint import save_checkpoint
+
+    base = tmp_path_factory.mktemp("evaluate")
+    data = base / "tau"
+    _write_tau_folder(data)
+    features = base / "tiny_logmel.yaml"
+    features.write_text(yaml.safe_dump(FEATURES))
+    assert (
+        main(
+            [
+                "extract",
+                "--data",
+                str(data),
+                "--features",
+                str(features),
+                "--out",
+                str(base / "cache"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    cache_dir = cache_path(base / "cache", features)
+    assert (cache_dir / "manifest.json").is_file()
+
+    run = base / "runs" / "fcnn-l2bn"
+    params = {"width_mult": 0.1}
+    torch.manual_seed(0)
+    model = create_model("fcnn", num_classes=10, in_channels=3, norm="l2bn", **params)
+    # a few full-batch steps on the training clips (each scene is a distinct tone), so that the
+    # predictions differ between clips and devices
+    from asc.features.dataset import load_split_arrays
+
+    x_train, y_train, _ = load_split_arrays(cache_dir, "train")
+    x_train, y_train = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(25):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x_train), y_train).backward()
+        optimizer.step()
+    model.eval()
+    spec = {"name": "fcnn", "num_classes": 10, "in_channels": 3, "norm": "l2bn", "params": params}
+    recipe = {
+        "name": "tiny-fcnn",
+        "task": "dcase",
+        "profile": "quick",
+        "norm": "l2bn",
+        "seed": 7,
+        "features": str(features),
+        "model": {"name": "fcnn", "params": params},
+        "data": {
+            "cache": str(base / "cache"),
+            "cache_dir": str(cache_dir),
+            "train_split": "train",
+            "eval_split": "evaluate",
+        },
+    }
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    history = [
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "train_loss": 2.3 - 0.1 * e,
+            "train_acc": 0.1 * e,
+            "val_loss": 2.3,
+            "val_acc": 0.1,
+            "time_s": 1.0,
+            "angles": {
+                "intra_train": 40.0 - e,
+                "intra_test": 45.0 - e,
+                "inter": 30.0 + e,
+                "iir_train": (40.0 - e) / (30.0 + e),
+                "iir_test": (45.0 - e) / (30.0 + e),
+            },
+        }
+        for e in (1, 2)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history) + '{"epoch": 3, "tr')
+    state = {
+        "epoch": 2,
+        "model": model.state_dict(),
+        "optimizer": {},
+        "model_spec": spec,
+        "recipe": recipe,
+        "metrics": history[-1],
+        "best": {"val_acc": 0.1, "epoch": 2},
+    }
+    save_checkpoint(state, run / "checkpoints" / "best.pt")
+    return {"run": run, "cache_dir": cache_dir, "model": model}
+
+
+def _reference(tiny_run):
+    """The model run directly, batch by batch, on the arrays of the cache."""
+    from asc.features.dataset import load_split_arrays
+
+    model = tiny_run["model"].eval()
+    out = {}
+    for split in ("train", "evaluate"):
+        x, y, devices = load_split_arrays(tiny_run["cache_dir"], split)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x)).double().numpy()
+            emb = model.embed(torch.from_numpy(x)).double().numpy()
+        out[split] = (logits, y, devices, emb)
+    return out
+
+
+def test_evaluate_writes_a_report_that_matches_the_model(tiny_run, capsys):
+    from asc.eval.metrics import angle_metrics, log_loss, softmax
+
+    run = tiny_run["run"]
+    assert main(["evaluate", str(run), "--device", "cpu", "--batch-size", "7"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("Synthetic data:")
+    assert "fcnn / l2bn / seed 7, checkpoint best (epoch 2), split evaluate: 40 clips" in printed.out
+    assert "metrics.jsonl:3: skipped a malformed line" in printed.err
+
+    out = run / "report"
+    report = json.loads((out / "report.json").read_text())
+    ref = _reference(tiny_run)
+    logits, y, devices, emb = ref["evaluate"]
+    pred = logits.argmax(1)
+    assert report["synthetic"] is True
+    assert report["overall"]["n"] == 40
+    assert report["overall"]["accuracy"] == pytest.approx(float(np.mean(pred == y)))
+    assert report["overall"]["log_loss"] == pytest.approx(log_loss(y, softmax(logits)), rel=1e-5)
+    assert list(report["per_device"]) == list(DEVICES)
+    for device in DEVICES:
+        mask = np.array(devices) == device
+        assert report["per_device"][device]["n"] == int(mask.sum())
+        if mask.any():
+            assert report["per_device"][device]["accuracy"] == pytest.approx(
+                float(np.mean(pred[mask] == y[mask]))
+            )
+    # the fixture's noisy unseen device is harder, so the per-device split is not uniform
+    assert report["per_device"]["a"]["accuracy"] > report["per_device"]["s4"]["accuracy"]
+    assert report["device_groups"]["real"]["n"] == 20
+    assert report["device_groups"]["seen_simulated"]["n"] == 10
+    assert report["device_groups"]["unseen"]["n"] == 10
+    assert np.array(report["confusion"]["matrix"]).sum() == 40
+    assert report["confusion"]["labels"] == list(SCENES)
+    assert (
+        report["run"]["model"] == "fcnn" and report["run"]["norm"] == "l2bn" and report["run"]["epoch"] == 2
+    )
+    assert report["dataset"]["split"] == "evaluate" and report["dataset"]["synthetic"] is True
+
+    t_logits, t_y, _, t_emb = ref["train"]
+    expected = angle_metrics(t_emb, t_y, emb, y)
+    for key, value in expected.items():
+        assert report["angles"][key] == pytest.approx(value, rel=1e-4, abs=1e-4)
+    assert len(report["history"]) == 2
+
+    md = (out / "report.md").read_text()
+    assert md.splitlines()[0].startswith("> **Synthetic data")
+    for png in (
+        "confusion_overall.png",
+        "confusion_unseen.png",
+        "per_device_accuracy.png",
+        "angles.png",
+        "training.png",
+    ):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    assert rows[0] == ["filename", "scene_label", *SCENES] and len(rows) == 41
+    assert [r[1] for r in rows[1:]] == [SCENES[i] for i in pred]
+
+
+def test_evaluate_then_compare(tiny_run, capsys):
+    from asc.eval.compare import compare_runs
+
+    run = tiny_run["run"]
+    if not (run / "report" / "report.json").is_file():
+        assert main(["evaluate", str(run), "--device", "cpu", "--no-angles"]) == 0
+    summary, markdown, out = compare_runs([run])
+    assert out == (run.parent / "compare").resolve()
+    assert summary["groups"][0]["model"] == "fcnn" and summary["groups"][0]["norm"] == "l2bn"
+    assert markdown.startswith("> **Synthetic data")
+
+
+def test_evaluate_errors_name_the_problem(tiny_run, tmp_path, capsys):
+    from asc.eval.evaluate import evaluate_run
+
+    with pytest.raises(AscError, match="no such run folder"):
+        evaluate_run(tmp_path / "nothing")
+    with pytest.raises(AscError, match=r"last.pt: no such checkpoint; available: best"):
+        evaluate_run(tiny_run["run"], checkpoint="last", device="cpu")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    assert main(["evaluate", str(empty), "--device", "cpu"]) == 2
+    assert "train the run first" in capsys.readouterr().err
