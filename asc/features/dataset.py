@@ -1,0 +1,104 @@
+"""Training-side readers of a feature cache: a torch Dataset over memory-mapped shards, and whole
+splits as arrays for small sets and tests.
+
+Shards are opened lazily, per process, on first access, so a FeatureDataset pickles cheaply into
+DataLoader workers and each worker maps the files itself (the OS page cache is shared).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asc.errors import DataError
+from asc.features.cache import read_manifest
+
+
+def _scene_order() -> list[str]:
+    from asc.data.tau2020 import SCENES
+
+    return list(SCENES)
+
+
+class FeatureDataset:
+    """Clips of one split (or all, with split=None) of an extracted cache.
+
+    `ds[i]` -> (torch.float32 tensor (C, mels, frames), label index into `scenes`, -1 if unknown).
+    Attributes: labels (np.int64), devices, scenes, ids, records (manifest rows), synthetic,
+    feature_config, shape, cache_dir.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, split: str | None = "train",
+                 devices: Sequence[str] | None = None):
+        self.cache_dir = Path(cache_dir)
+        manifest = read_manifest(self.cache_dir)
+        rows = manifest["clips"]
+        if split is not None:
+            rows = [r for r in rows if r.get("split") == split]
+        if devices is not None:
+            wanted = set(devices)
+            rows = [r for r in rows if r.get("device") in wanted]
+        self.split = split
+        self.records: list[dict] = rows
+        self.scenes: list[str] = _scene_order()
+        index = {s: i for i, s in enumerate(self.scenes)}
+        self.labels = np.array([index.get(r.get("scene"), -1) for r in rows], dtype=np.int64)
+        self.devices: list[str] = [r.get("device") for r in rows]
+        self.ids: list[str] = [r["id"] for r in rows]
+        self.synthetic: bool = bool(manifest["dataset"]["synthetic"])
+        self.feature_config: dict = manifest["feature_config"]
+        self.shape: tuple[int, ...] = tuple(manifest["shape"])
+        self.dtype: str = manifest["dtype"]
+        self._shards: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _shard(self, name: str) -> np.ndarray:
+        array = self._shards.get(name)
+        if array is None:
+            path = self.cache_dir / name
+            try:
+                array = np.load(path, mmap_mode="r")
+            except FileNotFoundError:
+                raise DataError(f"{path}: shard listed in the manifest is missing; re-run `asc extract`") \
+                    from None
+            self._shards[name] = array
+        return array
+
+    def array(self, i: int) -> np.ndarray:
+        """Clip i's feature as float32 numpy (C, mels, frames)."""
+        r = self.records[i]
+        return np.asarray(self._shard(r["shard"])[r["offset"]], dtype=np.float32)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        import torch
+
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} clips")
+        return torch.from_numpy(self.array(i)), int(self.labels[i])
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_shards"] = {}  # memory maps are reopened in each worker
+        return state
+
+    def __repr__(self) -> str:
+        return (f"FeatureDataset({str(self.cache_dir)!r}, split={self.split!r}, clips={len(self)}, "
+                f"shape={self.shape})")
+
+
+def load_split_arrays(cache_dir: str | os.PathLike, split: str | None = "train",
+                      devices: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A whole split in memory: (features float32 (N, C, mels, frames), labels int64 (N,), devices)."""
+    ds = FeatureDataset(cache_dir, split=split, devices=devices)
+    out = np.empty((len(ds),) + ds.shape, dtype=np.float32)
+    for i in range(len(ds)):
+        out[i] = ds.array(i)
+    return out, ds.labels.copy(), list(ds.devices)

@@ -1,0 +1,259 @@
+"""Log-mel features with deltas, computed in torch so one code path runs batched on CPU or CUDA.
+
+The default settings follow the DCASE 2020 Task 1a systems of Hu et al. that the L2BN paper trains:
+44.1 kHz, 2048-point FFT, hop 1024, 128 HTK mel bands without filter normalization, natural
+log(x + 1e-8), then deltas over N = 2 frames and delta-deltas, each taken over the valid frames only,
+so the three channels are cropped to the same length: [logmel[2N:-2N], delta[N:-N], delta-delta].
+A 10-s clip gives 431 centred frames and a 3 x 128 x 423 feature.
+
+A feature set is a YAML file (see `features/`); `load_feature_config` validates it and resolves
+defaults so two spellings of the same settings hash the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asc.config import Field, config_hash, load_yaml, validate
+from asc.errors import ConfigError
+
+FEATURE_SCHEMA: dict = {
+    "sample_rate": Field(int, 44100, min=1, help="audio is resampled to this rate (Hz)"),
+    "duration": Field(float, 10.0, min=0.0, min_exclusive=True,
+                      help="seconds per clip; longer clips are cut, shorter ones zero-padded"),
+    "n_fft": Field(int, 2048, min=2),
+    "win_length": Field(int, None, min=1, nullable=True, help="null: n_fft"),
+    "hop_length": Field(int, 1024, min=1),
+    "window": Field(str, "hann", choices=("hann", "hamming")),
+    "center": Field(bool, True, help="frames centred on t * hop (input padded by n_fft // 2)"),
+    "pad_mode": Field(str, "constant", choices=("constant", "reflect"),
+                      help="padding for centred frames; constant (zeros) matches librosa >= 0.10"),
+    "power": Field(float, 2.0, choices=(1.0, 2.0), help="1: magnitude, 2: power spectrogram"),
+    "n_mels": Field(int, 128, min=1),
+    "fmin": Field(float, 0.0, min=0.0),
+    "fmax": Field(float, None, nullable=True, help="null: sample_rate / 2"),
+    "mel_scale": Field(str, "htk", choices=("htk", "slaney")),
+    "mel_norm": Field(str, None, choices=("slaney",), nullable=True,
+                      help="null: triangular filters of peak 1 (no area normalization)"),
+    "log_offset": Field(float, 1e-8, min=0.0, min_exclusive=True, help="features are log(mel + offset)"),
+    "scaling": Field(str, "none", choices=("none", "minmax"),
+                     help="minmax: rescale each clip's log-mel to [0, 1] before the deltas"),
+    "deltas": Field(bool, True, help="stack delta and delta-delta channels"),
+    "delta_width": Field(int, 5, min=3, help="odd; frames in the delta window (2N + 1)"),
+    "storage": {
+        "dtype": Field(str, "float16", choices=("float16", "float32"), help="array type in the shards"),
+        "shard_size": Field(int, 1024, min=1, help="clips per shard file"),
+    },
+}
+
+# Keys that change how features are stored, not their values; left out of the cache hash.
+STORAGE_KEY = "storage"
+_FLOAT_KEYS = tuple(k for k, f in FEATURE_SCHEMA.items() if isinstance(f, Field) and f.types is float)
+
+
+def _coerce_numbers(raw: Mapping) -> dict:
+    """YAML 1.1 reads `1e-8` (no dot) as a string; accept it where a float is expected."""
+    out = dict(raw)
+    for key in _FLOAT_KEYS:
+        value = out.get(key)
+        if isinstance(value, str):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def resolve_feature_config(raw: Mapping, source: str = "feature config") -> dict:
+    """Validate a feature config mapping, fill defaults and check that the values fit together."""
+    cfg = validate(_coerce_numbers(raw), FEATURE_SCHEMA, source)
+    sr, n_fft = cfg["sample_rate"], cfg["n_fft"]
+    nyquist = sr / 2
+    if cfg["win_length"] is None:
+        cfg["win_length"] = n_fft
+    if cfg["win_length"] > n_fft:
+        raise ConfigError(f"{source}: win_length: {cfg['win_length']} must be <= n_fft ({n_fft})")
+    if cfg["hop_length"] > n_fft:
+        raise ConfigError(f"{source}: hop_length: {cfg['hop_length']} must be <= n_fft ({n_fft}); "
+                          "larger hops skip samples")
+    if cfg["fmax"] is None:
+        cfg["fmax"] = float(nyquist)
+    if cfg["fmax"] > nyquist:
+        raise ConfigError(f"{source}: fmax: {cfg['fmax']:g} Hz is above the Nyquist frequency "
+                          f"sample_rate / 2 = {nyquist:g} Hz")
+    if cfg["fmin"] >= cfg["fmax"]:
+        raise ConfigError(f"{source}: fmin: {cfg['fmin']:g} Hz must be below fmax ({cfg['fmax']:g} Hz)")
+    if cfg["delta_width"] % 2 == 0:
+        raise ConfigError(f"{source}: delta_width: {cfg['delta_width']} must be odd (2N + 1), e.g. 5")
+    empty = _empty_mel_bands(cfg)
+    if empty:
+        lo, hi = empty[0]
+        raise ConfigError(f"{source}: n_mels: {cfg['n_mels']} leaves {len(empty)} mel band(s) without any "
+                          f"FFT bin at n_fft {n_fft} (first: {lo:.1f}-{hi:.1f} Hz); "
+                          "lower n_mels or raise n_fft")
+    n_samples = num_samples(cfg)
+    if not cfg["center"] and n_samples < n_fft:
+        raise ConfigError(f"{source}: duration: {cfg['duration']:g} s is shorter than one FFT frame")
+    frames = num_frames(cfg)
+    if cfg["deltas"] and frames - 4 * delta_n(cfg) < 1:
+        raise ConfigError(f"{source}: duration: {cfg['duration']:g} s gives {frames} frames, too few for "
+                          f"deltas of width {cfg['delta_width']} (needs > {4 * delta_n(cfg)})")
+    return cfg
+
+
+def _hz_to_mel(f: np.ndarray, scale: str) -> np.ndarray:
+    if scale == "htk":
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    # slaney: linear below 1 kHz, logarithmic above
+    f = np.asarray(f, dtype=np.float64)
+    lin = f / (200.0 / 3)
+    log = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(f >= 1000.0, log, lin)
+
+
+def _mel_to_hz(m: np.ndarray, scale: str) -> np.ndarray:
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    lin = m * (200.0 / 3)
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
+    return np.where(m >= 15.0, log, lin)
+
+
+def _empty_mel_bands(cfg: Mapping) -> list[tuple[float, float]]:
+    """(low, high) Hz of every triangular mel filter that no FFT bin falls strictly inside."""
+    freqs = np.linspace(0.0, cfg["sample_rate"] // 2, cfg["n_fft"] // 2 + 1)
+    scale = cfg["mel_scale"]
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.float64(cfg["fmin"]), scale),
+                                   _hz_to_mel(np.float64(cfg["fmax"]), scale), cfg["n_mels"] + 2), scale)
+    out = []
+    for i in range(cfg["n_mels"]):
+        lo, hi = edges[i], edges[i + 2]
+        if not np.any((freqs > lo) & (freqs < hi)):
+            out.append((float(lo), float(hi)))
+    return out
+
+
+def load_feature_config(path: str | os.PathLike) -> dict:
+    """Read and resolve a feature YAML; errors name the file and key."""
+    path = Path(path)
+    return resolve_feature_config(load_yaml(path), str(path))
+
+
+def feature_hash(cfg: Mapping) -> str:
+    """12 hex digits identifying the feature values (storage options excluded)."""
+    values = {k: v for k, v in cfg.items() if k != STORAGE_KEY}
+    return config_hash(values)
+
+
+def delta_n(cfg: Mapping) -> int:
+    return (int(cfg["delta_width"]) - 1) // 2
+
+
+def num_samples(cfg: Mapping) -> int:
+    return int(round(float(cfg["duration"]) * int(cfg["sample_rate"])))
+
+
+def num_frames(cfg: Mapping) -> int:
+    """STFT frames of one clip (before delta cropping)."""
+    n = num_samples(cfg)
+    if cfg["center"]:
+        return 1 + n // int(cfg["hop_length"])
+    return 1 + (n - int(cfg["n_fft"])) // int(cfg["hop_length"])
+
+
+def feature_shape(cfg: Mapping) -> tuple[int, int, int]:
+    """(channels, mel bands, frames) of one clip's feature."""
+    frames = num_frames(cfg)
+    if cfg["deltas"]:
+        return (3, int(cfg["n_mels"]), frames - 4 * delta_n(cfg))
+    return (1, int(cfg["n_mels"]), frames)
+
+
+def deltas(x: Any, n: int = 2) -> Any:
+    """Regression deltas over the last axis, valid frames only (output is 2n frames shorter):
+    d[t] = sum_k k (x[t+k] - x[t-k]) / (2 sum_k k^2), k = 1..n — librosa.feature.delta's interior.
+    Works on torch tensors and numpy arrays alike."""
+    length = x.shape[-1]
+    if length <= 2 * n:
+        raise ValueError(f"deltas need more than {2 * n} frames, got {length}")
+    denom = 2.0 * sum(k * k for k in range(1, n + 1))
+    out = None
+    for k in range(1, n + 1):
+        term = k * (x[..., n + k:length - n + k] - x[..., n - k:length - n - k])
+        out = term if out is None else out + term
+    return out / denom
+
+
+class LogMelExtractor:
+    """Batched log-mel (+ deltas) on any torch device: waveforms (B, samples) -> (B, C, mels, frames)."""
+
+    def __init__(self, cfg: Mapping, device: str = "cpu"):
+        import torch
+        import torchaudio.functional as AF
+
+        self.cfg = copy.deepcopy(dict(cfg))
+        self.device = torch.device(device)
+        c = self.cfg
+        window_fn = torch.hann_window if c["window"] == "hann" else torch.hamming_window
+        # periodic windows, as librosa (scipy.signal.get_window(..., fftbins=True)) uses
+        self.window = window_fn(c["win_length"], periodic=True, dtype=torch.float32, device=self.device)
+        fb = AF.melscale_fbanks(n_freqs=c["n_fft"] // 2 + 1, f_min=c["fmin"], f_max=c["fmax"],
+                                n_mels=c["n_mels"], sample_rate=c["sample_rate"], norm=c["mel_norm"],
+                                mel_scale=c["mel_scale"])
+        self.mel_basis = fb.T.contiguous().to(self.device)  # (mels, freqs)
+        self.n_samples = num_samples(c)
+        self.shape = feature_shape(c)
+
+    def __call__(self, waves: Any) -> Any:
+        import torch
+
+        c = self.cfg
+        x = torch.as_tensor(waves, dtype=torch.float32).to(self.device)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        spec = torch.stft(x, n_fft=c["n_fft"], hop_length=c["hop_length"], win_length=c["win_length"],
+                          window=self.window, center=c["center"], pad_mode=c["pad_mode"],
+                          normalized=False, onesided=True, return_complex=True)
+        mag = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2, (B, freqs, frames)
+        if c["power"] == 1.0:
+            mag = mag.sqrt()
+        mel = torch.matmul(self.mel_basis, mag)
+        logmel = torch.log(mel + c["log_offset"])
+        if c["scaling"] == "minmax":
+            flat = logmel.flatten(1)
+            lo = flat.min(dim=1).values.view(-1, 1, 1)
+            hi = flat.max(dim=1).values.view(-1, 1, 1)
+            logmel = (logmel - lo) / (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)
+        if not c["deltas"]:
+            return logmel.unsqueeze(1)
+        n = delta_n(c)
+        d1 = deltas(logmel, n)
+        d2 = deltas(d1, n)
+        frames = logmel.shape[-1]
+        return torch.stack([logmel[..., 2 * n:frames - 2 * n], d1[..., n:frames - 3 * n], d2], dim=1)
+
+    def numpy(self, wave: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """One clip (samples,) -> np.ndarray (C, mels, frames) in `dtype`."""
+        return self(wave)[0].cpu().numpy().astype(dtype, copy=False)
+
+
+def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
+    """Cut or zero-pad a waveform to exactly `n_samples`."""
+    if wave.shape[-1] >= n_samples:
+        return wave[..., :n_samples]
+    pad = np.zeros(wave.shape[:-1] + (n_samples - wave.shape[-1],), dtype=wave.dtype)
+    return np.concatenate([wave, pad], axis=-1)
+
+
+def load_clip(path: str | os.PathLike, cfg: Mapping) -> np.ndarray:
+    """Decode one file with the shared loader at the config's rate and length."""
+    from asc.data import audio
+
+    wave = audio.load_audio(path, sr=int(cfg["sample_rate"]), duration=float(cfg["duration"]))
+    return fit_length(wave, num_samples(cfg))

@@ -1,0 +1,173 @@
+"""Log-mel extraction against librosa and float64 formulas; feature config validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asc.errors import ConfigError
+from asc.features.logmel import (
+    LogMelExtractor,
+    deltas,
+    feature_hash,
+    feature_shape,
+    load_feature_config,
+    resolve_feature_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_CONFIG = ROOT / "features" / "logmel128_deltas.yaml"
+
+
+def _scene_like(seconds: float, sr: int = 44100, seed: int = 0) -> np.ndarray:
+    """Noise, two tones (one starting half-way) and a silent start: real-shaped, with quiet bins."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.05 * rng.standard_normal(t.size) + 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    y += 0.1 * np.sin(2 * np.pi * 3000.5 * t) * (t > seconds / 2)
+    y[: sr // 2] = 0.0
+    return y.astype(np.float32)
+
+
+def _librosa_reference(y: np.ndarray, cfg: dict) -> np.ndarray:
+    """float64 librosa log-mel, deltas by the regression formula, stacked as the paper's recipe."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=y.astype(np.float64), sr=cfg["sample_rate"], n_fft=cfg["n_fft"], hop_length=cfg["hop_length"],
+        n_mels=cfg["n_mels"], fmin=cfg["fmin"], fmax=cfg["fmax"], htk=True, norm=None, center=True,
+        pad_mode="constant", power=2.0)
+    logmel = np.log(mel + 1e-8)
+    # regression deltas, N = 2, valid frames only (written out, independent of asc.features.deltas)
+    def d(x):
+        return ((x[:, 3:-1] - x[:, 1:-3]) + 2 * (x[:, 4:] - x[:, :-4])) / 10.0
+    d1 = d(logmel)
+    d2 = d(d1)
+    return np.stack([logmel[:, 4:-4], d1[:, 2:-2], d2])
+
+
+def test_paper_config_matches_librosa_on_a_10s_clip():
+    cfg = load_feature_config(PAPER_CONFIG)
+    y = _scene_like(10.0)
+    ours = LogMelExtractor(cfg).numpy(y)
+    ref = _librosa_reference(y, cfg)
+    assert ours.shape == ref.shape == (3, 128, 423) == feature_shape(cfg)
+    err = np.abs(ours - ref).max(axis=(1, 2))
+    # measured: log-mel 2.4e-5, delta 5.5e-6, delta-delta 2.5e-6 (float32 STFT vs float64 librosa);
+    # librosa's default reflect padding instead of zeros would differ by ~3.7 at the edges
+    assert err[0] < 1e-4, err
+    assert err[1] < 3e-5 and err[2] < 3e-5, err
+
+
+def test_deltas_equal_librosa_delta_away_from_the_edges():
+    import librosa
+
+    x = np.random.default_rng(1).standard_normal((6, 50))
+    for width in (3, 5, 9):
+        n = (width - 1) // 2
+        ours = deltas(x, n)
+        ref = librosa.feature.delta(x, width=width)[:, n:-n]
+        np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_deltas_by_hand():
+    x = np.array([[0.0, 1.0, 4.0, 9.0, 16.0, 25.0]])  # t^2: slope 2t, second difference 2
+    # d[t] = ((x[t+1]-x[t-1]) + 2 (x[t+2]-x[t-2])) / 10 at t = 2, 3
+    np.testing.assert_allclose(deltas(x, 2), [[(9 - 1 + 2 * (16 - 0)) / 10, (16 - 4 + 2 * (25 - 1)) / 10]])
+
+
+def test_torch_and_numpy_deltas_agree():
+    import torch
+
+    x = np.random.default_rng(2).standard_normal((2, 4, 30))
+    np.testing.assert_allclose(deltas(torch.from_numpy(x), 2).numpy(), deltas(x, 2), atol=1e-12)
+
+
+def test_batch_equals_one_at_a_time():
+    cfg = resolve_feature_config({"duration": 1.0})
+    ex = LogMelExtractor(cfg)
+    waves = np.stack([_scene_like(1.0, seed=s) for s in range(3)])
+    waves[:, :1000] += 0.01
+    batch = ex(waves).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(batch[i], ex.numpy(waves[i]), atol=2e-5)
+
+
+def test_minmax_scaling_and_no_deltas_and_slaney_against_librosa():
+    import librosa
+
+    cfg = resolve_feature_config({"duration": 2.0, "n_mels": 64, "deltas": False, "scaling": "minmax",
+                                  "mel_scale": "slaney", "mel_norm": "slaney", "fmax": 16000.0})
+    y = _scene_like(2.0, seed=3)
+    ours = LogMelExtractor(cfg).numpy(y)
+    mel = librosa.feature.melspectrogram(y=y.astype(np.float64), sr=44100, n_fft=2048, hop_length=1024,
+                                         n_mels=64, fmin=0.0, fmax=16000.0, htk=False, norm="slaney",
+                                         center=True, pad_mode="constant")
+    logmel = np.log(mel + 1e-8)
+    ref = (logmel - logmel.min()) / (logmel.max() - logmel.min())
+    assert ours.shape == (1, 64, 87) == feature_shape(cfg)
+    assert ours.min() == 0.0 and ours.max() == pytest.approx(1.0, abs=1e-6)
+    assert np.abs(ours[0] - ref).max() < 1e-5
+
+
+def test_silent_clip_is_finite():
+    cfg = resolve_feature_config({"duration": 1.0, "scaling": "minmax"})
+    out = LogMelExtractor(cfg).numpy(np.zeros(44100, np.float32))
+    assert np.isfinite(out).all()
+
+
+def test_shipped_configs_load_with_distinct_hashes():
+    configs = sorted((ROOT / "features").glob("*.yaml"))
+    assert len(configs) >= 2
+    hashes = {feature_hash(load_feature_config(p)) for p in configs}
+    assert len(hashes) == len(configs)
+    assert feature_shape(load_feature_config(ROOT / "features" / "logmel256.yaml")) == (1, 256, 431)
+
+
+def test_hash_ignores_spelling_and_storage_but_not_values():
+    base = resolve_feature_config({})
+    assert feature_hash(base) == feature_hash(resolve_feature_config({"fmax": 22050, "win_length": 2048}))
+    assert feature_hash(base) == feature_hash(resolve_feature_config({"storage": {"dtype": "float32"}}))
+    assert feature_hash(base) != feature_hash(resolve_feature_config({"hop_length": 512}))
+    assert resolve_feature_config({"log_offset": "1e-8"})["log_offset"] == 1e-8  # YAML 1.1 reads 1e-8 as str
+
+
+@pytest.mark.parametrize("text, key", [
+    ("fmax: 30000.0\n", "fmax"),
+    ("n_mels: 0\n", "n_mels"),
+    ("hop_length: 4096\n", "hop_length"),
+    ("n_fft: 2048\nwin_length: 4096\n", "win_length"),
+    ("fmin: 9000.0\nfmax: 8000.0\n", "fmin"),
+    ("delta_width: 4\n", "delta_width"),
+    ("duration: 0.05\n", "duration"),
+    ("n_mels: 400\n", "n_mels"),
+    ("mel_scale: bark\n", "mel_scale"),
+    ("nmels: 64\n", "nmels"),
+    ("storage:\n  dtype: int8\n", "storage.dtype"),
+    ("storage:\n  shards: 3\n", "storage.shards"),
+    ("deltas: 1\n", "deltas"),
+])
+def test_bad_configs_name_file_and_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_feature_config(path)
+    message = str(err.value)
+    assert str(path) in message and key in message, message
+
+
+def test_reflect_padding_option_matches_librosa_and_padding_matters():
+    import librosa
+
+    y = _scene_like(2.0, seed=4)
+    y = y[::-1].copy()  # loud at the start: the first frames depend on the padding
+    kw = dict(sr=44100, n_fft=2048, hop_length=1024, n_mels=128, htk=True, norm=None, center=True)
+    ours = {}
+    for mode in ("constant", "reflect"):
+        cfg = resolve_feature_config({"duration": 2.0, "deltas": False, "pad_mode": mode})
+        ours[mode] = LogMelExtractor(cfg).numpy(y)[0]
+        ref = np.log(librosa.feature.melspectrogram(y=y.astype(np.float64), pad_mode=mode, **kw) + 1e-8)
+        assert np.abs(ours[mode] - ref).max() < 1e-4, mode
+    assert np.abs(ours["constant"] - ours["reflect"]).max() > 1.0
