@@ -258,3 +258,53 @@ def test_evaluate_errors_name_the_problem(tiny_run, tmp_path, capsys):
     empty.mkdir()
     assert main(["evaluate", str(empty), "--device", "cpu"]) == 2
     assert "train the run first" in capsys.readouterr().err
+
+
+def test_evaluate_a_cifar_run(tmp_path, capsys):
+    """Image runs have no devices: the report has per-class scores and angles, no per-device rows."""
+    from asc.data.cifar import CifarDataset, write_synthetic_cifar100
+    from asc.eval.metrics import angle_metrics
+    from asc.models import create_model
+    from asc.train.checkpoint import save_checkpoint
+
+    root = write_synthetic_cifar100(tmp_path / "cifar", preset="tiny", seed=0)
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=100, norm="l2bn").eval()
+    spec = {"name": "cifar_resnet20", "num_classes": 100, "in_channels": 3, "norm": "l2bn", "params": {}}
+    recipe = {
+        "name": "c20",
+        "task": "cifar100",
+        "profile": "quick",
+        "norm": "l2bn",
+        "seed": 1,
+        "model": {"name": "cifar_resnet20", "params": {}},
+        "data": {"root": str(root), "train_split": "train", "eval_split": "evaluate"},
+    }
+    run = tmp_path / "runs" / "c20"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    save_checkpoint(
+        {"epoch": 1, "model": model.state_dict(), "model_spec": spec, "recipe": recipe},
+        run / "checkpoints" / "last.pt",
+    )
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--device", "cpu"]) == 0
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["per_device"] == {} and report["device_groups"] == {}
+    assert report["dataset"]["split"] == "test" and report["synthetic"] is True
+    assert report["overall"]["n"] == 200 and len(report["per_scene"]) == 100
+
+    def arrays(split):
+        ds = CifarDataset(root, split)
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        with torch.no_grad():
+            logits, emb = model.forward_with_embedding(x)
+        return logits.numpy(), emb.double().numpy(), ds.labels
+
+    logits, emb, y = arrays("test")
+    _, train_emb, train_y = arrays("train")
+    assert report["overall"]["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == y)))
+    expected = angle_metrics(train_emb, train_y, emb, y)
+    assert report["angles"]["iir_test"] == pytest.approx(expected["iir_test"], rel=1e-4)
+    md = (run / "report" / "report.md").read_text()
+    assert "## Per class" in md and "## Per device" not in md
+    assert not (run / "report" / "per_device_accuracy.png").exists()

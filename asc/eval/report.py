@@ -278,13 +278,17 @@ def _confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str):
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    size = 1.2 + 0.55 * len(labels)
+    size = min(1.2 + 0.55 * len(labels), 12.0)
     fig = Figure(figsize=(size + 1.5, size))
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
+    if len(labels) <= 30:
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+    else:  # too many classes to name: index ticks only
+        ax.set_xlabel("predicted class index")
+    if len(labels) <= 30:
+        ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
     if len(labels) <= 20:
@@ -293,7 +297,7 @@ def _confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str):
                 if matrix[i, j]:
                     ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true scene")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     return fig
 
 
@@ -410,7 +414,8 @@ def write_figures(report: Mapping, out_dir: str | os.PathLike) -> list[str]:
     title = prefix + _title(report)
     if report["overall"].get("n"):
         conf = report["confusion"]
-        fig = _confusion_figure(conf["matrix"], conf["labels"], f"{title}\nall devices")
+        scope = "all devices" if report["per_device"] else "all samples"
+        fig = _confusion_figure(conf["matrix"], conf["labels"], f"{title}\n{scope}")
         _save(fig, out / "confusion_overall.png")
         written.append("confusion_overall.png")
         for name, matrix in conf.get("groups", {}).items():
