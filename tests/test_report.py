@@ -217,3 +217,17 @@ def test_predictions_file_in_dcase_format(tmp_path):
     assert rows[2][1] == "bus"
     for row in rows[1:]:
         assert sum(float(v) for v in row[2:]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_devices_default_to_tau2020_and_can_be_absent():
+    from asc.data.tau2020 import DEVICE_GROUPS
+    from asc.data.tau2020 import DEVICES as TAU_DEVICES
+
+    logits, labels, devices = _example()
+    report = build_report(logits, labels, devices, SCENES)
+    assert list(report["per_device"]) == list(TAU_DEVICES)
+    assert report["device_group_members"] == {k: list(v) for k, v in DEVICE_GROUPS.items()}
+    assert report["device_groups"]["unseen"]["n"] == 2
+    images = build_report(logits, labels, None, SCENES)
+    assert images["per_device"] == {} and images["device_groups"] == {}
+    assert images["overall"]["accuracy"] == pytest.approx(6 / 8)

@@ -14,10 +14,10 @@ def register(subparsers) -> None:
             "report.md and PNG figures: accuracy, macro accuracy and log loss overall, per device (a, b, c,\n"
             "s1-s6) and device group, per scene, confusion matrices, and the paper's intra/inter angles and\n"
             "IIR of the classification-layer features (class centres from the training split).\n"
-            "A split without labels (the official evaluation set) gets predictions.csv in the DCASE\n"
-            "submission format instead of scores."
+            "Class probabilities of every clip go to predictions.csv (DCASE submission format); a split\n"
+            "without labels (the official evaluation set) gets only those, no scores."
         ),
-        epilog="example:\n  asc evaluate runs/resnet17-l2bn-s0 --checkpoint best --device cuda",
+        epilog="example:\n  asc evaluate runs/resnet17_paper_l2bn_seed0 --checkpoint best --device cuda",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument("run", metavar="RUN", help="run folder written by `asc train`")
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
             "accuracy, log loss, per-device accuracy and IIR side by side, with the L2BN - BN difference\n"
             "of each model. The main table is also printed."
         ),
-        epilog="example:\n  asc compare runs/resnet17-bn-s* runs/resnet17-l2bn-s* --out runs/compare",
+        epilog="example:\n  asc compare runs/resnet17_paper_*_seed* --out runs/compare",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run folders")
