@@ -73,7 +73,7 @@ class FeatureDataset:
     def array(self, i: int) -> np.ndarray:
         """Clip i's feature as float32 numpy (C, mels, frames)."""
         r = self.records[i]
-        return np.asarray(self._shard(r["shard"])[r["offset"]], dtype=np.float32)
+        return np.array(self._shard(r["shard"])[r["offset"]], dtype=np.float32)  # a writable copy
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         import torch
