@@ -99,7 +99,7 @@ def scaled_width(width: int, width_mult: float) -> int:
         raise ConfigError(f"width_mult must be > 0, got {width_mult!r}")
     if width_mult == 1.0:
         return int(width)
-    return max(8, int(round(width * width_mult / 8)) * 8)
+    return max(8, math.floor(width * width_mult / 8 + 0.5) * 8)
 
 
 def check_positive_int(name: str, value: object) -> int:
