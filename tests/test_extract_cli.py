@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cache import CLIPS, make_tau_set
 
 from asc.cli import main
 from asc.features.cache import cache_path, read_manifest
+from tests.test_cache import CLIPS, make_tau_set
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from test_cache import CLIPS, clip_name, make_tau_set, run, write_wav
 
 from asc.data.tau2020 import SCENES
 from asc.errors import DataError
 from asc.features.dataset import FeatureDataset, load_split_arrays
+from tests.test_cache import CLIPS, clip_name, make_tau_set, run, write_wav
 
 
 @pytest.fixture(scope="module")

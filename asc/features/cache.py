@@ -397,7 +397,12 @@ def _init_worker_local(cfg: dict, compute: bool) -> None:
 
 def _compute_batch(extractor: Any, batch: list[tuple[bool, Any]], dtype: str) -> Iterator[tuple[bool, Any]]:
     good = [wave for ok, wave in batch if ok]
-    feats = iter(extractor(np.stack(good)).cpu().numpy().astype(dtype, copy=False)) if good else iter(())
+    if good:
+        import torch
+
+        feats = iter(extractor(np.stack(good)).to(getattr(torch, dtype)).cpu().numpy())
+    else:
+        feats = iter(())
     for ok, value in batch:
         yield (True, next(feats)) if ok else (False, value)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,11 @@ class LogMelExtractor:
                                 n_mels=c["n_mels"], sample_rate=c["sample_rate"], norm=c["mel_norm"],
                                 mel_scale=c["mel_scale"])
         self.mel_basis = fb.T.contiguous().to(self.device)  # (mels, freqs)
+        # Each FFT bin feeds at most two triangular filters: ~2 n_freqs non-zeros of n_mels * n_freqs,
+        # so a sparse product is ~40x faster than the dense one on a CPU, with the same sums.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            self._mel_sparse = self.mel_basis.to_sparse_csr()
         self.n_samples = num_samples(c)
         self.shape = feature_shape(c)
 
@@ -220,10 +226,10 @@ class LogMelExtractor:
         spec = torch.stft(x, n_fft=c["n_fft"], hop_length=c["hop_length"], win_length=c["win_length"],
                           window=self.window, center=c["center"], pad_mode=c["pad_mode"],
                           normalized=False, onesided=True, return_complex=True)
-        mag = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2, (B, freqs, frames)
+        mag = spec.real.square() + spec.imag.square()  # |X|^2, (B, freqs, frames)
         if c["power"] == 1.0:
             mag = mag.sqrt()
-        mel = torch.matmul(self.mel_basis, mag)
+        mel = self._mel(mag)
         logmel = torch.log(mel + c["log_offset"])
         if c["scaling"] == "minmax":
             flat = logmel.flatten(1)
@@ -238,9 +244,20 @@ class LogMelExtractor:
         frames = logmel.shape[-1]
         return torch.stack([logmel[..., 2 * n:frames - 2 * n], d1[..., n:frames - 3 * n], d2], dim=1)
 
+    def _mel(self, mag: Any) -> Any:
+        """(B, freqs, frames) -> (B, mels, frames) through the sparse filterbank."""
+        import torch
+
+        b, f, t = mag.shape
+        flat = mag[0] if b == 1 else mag.permute(1, 0, 2).reshape(f, b * t)
+        mel = torch.sparse.mm(self._mel_sparse, flat)
+        return mel.unsqueeze(0) if b == 1 else mel.reshape(-1, b, t).permute(1, 0, 2)
+
     def numpy(self, wave: np.ndarray, dtype: str = "float32") -> np.ndarray:
         """One clip (samples,) -> np.ndarray (C, mels, frames) in `dtype`."""
-        return self(wave)[0].cpu().numpy().astype(dtype, copy=False)
+        import torch
+
+        return self(wave)[0].to(getattr(torch, dtype)).cpu().numpy()
 
 
 def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
