@@ -215,7 +215,6 @@ class Trainer:
         steps = tdata.steps_per_epoch(n_train, recipe)
         record: dict[str, Any] = {}
         for epoch in range(start_epoch, tr["epochs"]):
-            torch.manual_seed(recipe["seed"] * 1009 + epoch * 31 + ctx.rank)  # dropout stream per epoch
             t0 = time.perf_counter()
             train_stats = self._train_epoch(train_model, optimizer, task, epoch, steps)
             record = {"epoch": epoch + 1, **train_stats}
@@ -275,6 +274,9 @@ class Trainer:
             chunks = zip(x.chunk(micro), targets.chunk(micro))
             step_loss = torch.zeros((), device=ctx.device)
             for i, (xc, tc) in enumerate(chunks):
+                # dropout draws depend only on (seed, epoch, step, chunk of the global batch), so a
+                # resumed run, or the same global batch split over processes, drops the same units
+                torch.manual_seed(hash((recipe["seed"], epoch, step, ctx.rank * micro + i)) % 2**62)
                 sync = contextlib.nullcontext() if (i == micro - 1 or not hasattr(model, "no_sync")) \
                     else model.no_sync()
                 with sync:

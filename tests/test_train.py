@@ -1,0 +1,160 @@
+"""The training engine end to end on a tiny extracted set: run directory, resume after SIGKILL,
+two-process DDP (gloo) against one process with the same global batch, and divergence handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from asc.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+from .tiny_tau import make_feature_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    paths = make_feature_cache(base, train_devices=("a", "a", "a", "a", "b", "c"))
+    recipe = {
+        "name": "tiny",
+        "task": "dcase",
+        "features": str(paths["features"]),
+        "model": str(ROOT / "models/fcnn.yaml"),
+        "model_params": {"width_mult": 0.06},
+        "norm": "l2bn",
+        "seed": 3,
+        "data": {"cache": str(paths["cache"]), "num_workers": 0},
+        "train": {"epochs": 6, "batch_size": 8, "lr": 0.1, "min_lr": 1e-4, "eval_batch_size": 16},
+        "augment": {"crop_frames": 48, "mixup_alpha": 0.4, "freq_masks": 1, "freq_mask_width": 5,
+                    "time_masks": 1, "time_mask_width": 8},
+    }
+    path = base / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return {**paths, "recipe": path, "base": base}
+
+
+def _env(threads: int = 1) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT), ASC_PROGRESS="0")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _train_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "asc", "train", "--recipe", str(recipe), "--out", str(out), *extra]
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("time_s")
+    return rows
+
+
+def test_run_directory_and_learning(tiny):
+    out = tiny["base"] / "run_plain"
+    res = subprocess.run(_train_cmd(tiny["recipe"], out), env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "epoch 6/6" in res.stdout and "samples/s" in res.stdout
+    for name in ("recipe.yaml", "env.json", "metrics.jsonl", "COMPLETED", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (out / name).is_file(), name
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["norm"] == "l2bn" and saved["data"]["cache_dir"] == str(tiny["cache_dir"])
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["world_size"] == 1
+    rows = _metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.2
+    assert max(r["val_acc"] for r in rows) > 0.25  # 10 tones: chance is 0.1
+    ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert ckpt["epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
+    model = model_from_checkpoint(ckpt)
+    assert not model.training
+    # an existing run is not overwritten without --resume; a completed one resumes as a no-op
+    res = subprocess.run(_train_cmd(tiny["recipe"], out), env=_env(), capture_output=True, text=True)
+    assert res.returncode == 2 and "--resume" in res.stderr and len(res.stderr.splitlines()) == 1
+    res = subprocess.run(_train_cmd(tiny["recipe"], out, "--resume"), env=_env(), capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "already complete" in res.stdout
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny):
+    full = tiny["base"] / "run_full"
+    subprocess.run(_train_cmd(tiny["recipe"], full), env=_env(), check=True, capture_output=True, timeout=600)
+
+    cut = tiny["base"] / "run_cut"
+    proc = subprocess.Popen(_train_cmd(tiny["recipe"], cut), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (cut / "checkpoints" / "last.pt").exists():  # killed inside epoch 2
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "COMPLETED").exists()
+    assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] < 6
+
+    res = subprocess.run(_train_cmd(tiny["recipe"], cut, "--resume"), env=_env(), capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "resuming" in res.stdout
+    assert _metrics(cut) == _metrics(full)
+    a = load_checkpoint(cut / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ddp_two_processes_match_one_process_with_same_global_batch(tiny):
+    one = tiny["base"] / "run_single"
+    two = tiny["base"] / "run_ddp"
+    common = ["--set", "train.epochs=2", "--device", "cpu"]
+    subprocess.run(_train_cmd(tiny["recipe"], one, *common, "--set", "train.micro_batches=2"), env=_env(),
+                   check=True, capture_output=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "asc", "train", "--recipe", str(tiny["recipe"]), "--out", str(two), *common]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((two / "env.json").read_text())["world_size"] == 2
+    a = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(two / "checkpoints" / "last.pt")["model"]
+    params = dict(model_from_checkpoint(load_checkpoint(one / "checkpoints" / "last.pt")).named_parameters())
+    assert params
+    for name in params:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny, monkeypatch):
+    from asc.train import engine
+    from asc.train.recipe import load_recipe
+
+    recipe = load_recipe(tiny["recipe"])
+    steps = 60 // 8  # 60 training clips, batch 8
+    calls = {"n": 0}
+    real = engine.soft_cross_entropy
+
+    def poisoned(logits, targets):
+        calls["n"] += 1
+        loss = real(logits, targets)
+        return loss * float("nan") if calls["n"] == steps + 3 else loss
+
+    monkeypatch.setattr(engine, "soft_cross_entropy", poisoned)
+    out = tiny["base"] / "run_nan"
+    with pytest.raises(engine.TrainingDiverged, match=r"epoch 2, step 3;.*last good checkpoint"):
+        engine.train(recipe, out, device="cpu")
+    kept = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert kept["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
