@@ -153,7 +153,8 @@ def test_fcnn_count_breakdown():
 def test_width_mult_rounds_widths_to_multiples_of_8():
     for mult in (0.05, 0.1, 0.3):
         for name in DCASE:
-            widths = create_model(name, width_mult=mult).widths
+            with torch.device("meta"):
+                widths = create_model(name, width_mult=mult).widths
             assert all(w % 8 == 0 and w >= 8 for w in widths), (name, mult, widths)
     with pytest.raises(ConfigError, match="width_mult"):
         create_model("fcnn", width_mult=0)
@@ -173,7 +174,8 @@ def test_norm_switch_replaces_every_norm_and_keeps_affine_flags(name):
     extra = {} if name == "resnet17" else {"channel_mult": 1}
 
     def build(kind):
-        return create_model(name, num_classes=16, in_channels=16, norm=kind, width_mult=0.34, **extra)
+        with torch.device("meta"):  # structure only: no memory, no initialization cost
+            return create_model(name, num_classes=16, in_channels=16, norm=kind, width_mult=0.34, **extra)
 
     reference = build("bn")
     layers = norm_layers(reference)
@@ -269,8 +271,9 @@ def test_embed_is_the_pooled_input_of_the_classification_layer(name):
 
 
 def test_resnet17_embedding_sizes():
-    assert create_model("resnet17").embed_dim == 1536
-    assert create_model("resnet17", base_width=24).embed_dim == 768
+    with torch.device("meta"):
+        assert create_model("resnet17").embed_dim == 1536
+        assert create_model("resnet17", base_width=24).embed_dim == 768
 
 
 @pytest.mark.parametrize("name", DCASE)
