@@ -168,18 +168,19 @@ def plan_shards(clips: Sequence[SourceClip], cfg_hash: str, dtype: str, shape: S
 
 
 def library_versions() -> dict:
+    """Versions of what computes the features (from package metadata: no heavy imports)."""
     import platform
-
-    import soundfile
-    import soxr
-    import torch
-    import torchaudio
+    from importlib import metadata
 
     from asc import __version__
 
-    return {"asc": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__, "torchaudio": torchaudio.__version__,
-            "soundfile": soundfile.__version__, "soxr": soxr.__version__}
+    out = {"asc": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "torch", "torchaudio", "soundfile", "soxr"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def draft_manifest(cfg: Mapping, name: str, shards: Sequence[Shard], *, dataset_root: str,
@@ -210,6 +211,15 @@ def draft_manifest(cfg: Mapping, name: str, shards: Sequence[Shard], *, dataset_
 
 
 # ------------------------------------------------------------------------------------ shard writing
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write, readable like the shards (the temp file starts private)."""
+    atomic_write_json(path, obj)
+    mask = os.umask(0)
+    os.umask(mask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~mask)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -244,7 +254,7 @@ class _ShardWriter:
         del self.array
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        atomic_write_json(self.shard.sidecar(self.cache_dir), {
+        _write_json(self.shard.sidecar(self.cache_dir), {
             "format": FORMAT_VERSION, "config_hash": self.cfg_hash, "dtype": self.dtype,
             "shape": list(self.shape),
             "clips": [{"id": c.id, "file": c.file, "size": c.size, "mtime_ns": c.mtime_ns}
@@ -487,7 +497,7 @@ def extract(clips: Sequence[SourceClip], cfg: Mapping, cache_dir: str | os.PathL
 
     result = ExtractResult(cache_dir, len(paths), total - len(paths), skipped)
     if num_shards > 1:
-        atomic_write_json(cache_dir / PARTS_DIR / f"part-{shard_index}-of-{num_shards}.json",
+        _write_json(cache_dir / PARTS_DIR / f"part-{shard_index}-of-{num_shards}.json",
                           {"part": shard_index, "num_parts": num_shards, "draft": draft})
     missing = finalize(cache_dir, draft)
     result.complete = not missing
@@ -526,7 +536,7 @@ def finalize(cache_dir: Path, draft: Mapping) -> list[str]:
         old = json.loads(path.read_text(encoding="utf-8"))
     if old is None or {k: v for k, v in old.items() if k != "created"} != manifest:
         manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(path, manifest)
+        _write_json(path, manifest)
     _collect_garbage(cache_dir, {s["file"] for s in draft["shards"]})
     return []
 

@@ -101,8 +101,9 @@ def run_extract(args: argparse.Namespace) -> int:
 
     if args.merge:
         manifest = merge_parts(cache_dir)
-        print(f"{manifest['num_clips']} clips, {len(manifest['skipped'])} skipped, "
-              f"{len(manifest['shards'])} shards")
+        shards = len(manifest["shards"])
+        print(f"{manifest['num_clips']} clips, {len(manifest['skipped'])} skipped, {shards} "
+              f"shard{'s' if shards != 1 else ''}")
         print(cache_dir)
         return 0
     if not args.data:
@@ -134,7 +135,8 @@ def run_extract(args: argparse.Namespace) -> int:
         from asc.features.cache import read_manifest
 
         manifest = read_manifest(cache_dir)
-        print(f"{manifest['num_clips']} clips ({len(manifest['skipped'])} skipped) in "
-              f"{len(manifest['shards'])} shards, shape {tuple(manifest['shape'])}, {manifest['dtype']}")
+        shards = len(manifest["shards"])
+        print(f"{manifest['num_clips']} clips ({len(manifest['skipped'])} skipped) in {shards} "
+              f"shard{'s' if shards != 1 else ''}, shape {tuple(manifest['shape'])}, {manifest['dtype']}")
     print(cache_dir)
     return 0
