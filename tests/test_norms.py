@@ -56,6 +56,7 @@ def test_group_sizes_and_affine_flag():
     assert make_norm("gn8", 32).num_groups == 4
     assert make_norm("ln", 32).num_groups == 1
     assert make_norm("in", 32).num_groups == 32
+    assert norm_kind_of(make_norm("gn8", 8)) == "gn8" and norm_kind_of(make_norm("gn4", 4)) == "gn4"
     with pytest.raises(ValueError, match="not divisible"):
         make_norm("gn8", 12)
     for kind in ("bn", "l2bn", "lnbn", "gn4"):

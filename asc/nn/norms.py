@@ -105,7 +105,9 @@ def make_norm(kind: str, num_features: int, dim: int = 2, affine: bool = True, *
         return _PREBN[dim](num_features, pre=kind[:2], **bn_kw)
     if kind == "none":
         return nn.Identity()
-    return nn.GroupNorm(_groups(kind, num_features), num_features, eps=eps, affine=affine)
+    norm = nn.GroupNorm(_groups(kind, num_features), num_features, eps=eps, affine=affine)
+    norm.norm_kind = kind  # gn8 on 8 channels is one group, like ln: remember which was asked for
+    return norm
 
 
 def norm_kind_of(module: nn.Module) -> str | None:
@@ -117,6 +119,8 @@ def norm_kind_of(module: nn.Module) -> str | None:
     if isinstance(module, _BatchNorm):
         return "bn"
     if isinstance(module, nn.GroupNorm):
+        if getattr(module, "norm_kind", None):
+            return module.norm_kind
         if module.num_groups == 1:
             return "ln"
         if module.num_groups == module.num_channels:
