@@ -32,6 +32,15 @@ EVAL_DEVICES = ("a", "b", "s1", "s4")
 NOISE = {"a": 0.05, "b": 0.1, "s1": 0.4, "s4": 1.5}  # noisier devices are harder to classify
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tiny models run faster on one thread, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _write_tau_folder(root):
     """A TAU 2020 Mobile-shaped folder: 30 train clips (a, a, b) and 40 evaluate clips (a, b, s1, s4)."""
     rng = np.random.default_rng(0)
@@ -156,7 +165,7 @@ def tiny_run(tmp_path_factory):
         "best": {"val_acc": 0.1, "epoch": 2},
     }
     save_checkpoint(state, run / "checkpoints" / "best.pt")
-    return {"run": run, "cache_dir": cache_dir, "model": model}
+    return {"run": run, "cache_dir": cache_dir, "model": model, "features": features, "base": base}
 
 
 def _reference(tiny_run):
@@ -308,3 +317,72 @@ def test_evaluate_a_cifar_run(tmp_path, capsys):
     md = (run / "report" / "report.md").read_text()
     assert "## Per class" in md and "## Per device" not in md
     assert not (run / "report" / "per_device_accuracy.png").exists()
+
+
+def test_official_evaluation_set_gets_predictions_only(tiny_run, capsys):
+    """Anonymous, unlabelled clips (audio/0.wav, ...) from another cache: predictions, no scores."""
+    from asc.features.cache import cache_path
+
+    base = tiny_run["base"]
+    root = base / "tau-eval"
+    (root / "audio").mkdir(parents=True)
+    (root / "evaluation_setup").mkdir()
+    rng = np.random.default_rng(1)
+    names = [f"audio/{i}.wav" for i in range(6)]
+    for name in names:
+        sf.write(root / name, (0.1 * rng.standard_normal(SR)).astype(np.float32), SR, subtype="PCM_16")
+    (root / "evaluation_setup" / "fold1_test.csv").write_text("filename\n" + "\n".join(names) + "\n")
+    features = tiny_run["features"]
+    assert (
+        main(
+            [
+                "extract",
+                "--data",
+                str(root),
+                "--features",
+                str(features),
+                "--out",
+                str(base / "cache-eval"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    cache_dir = cache_path(base / "cache-eval", features)
+    run = tiny_run["run"]
+    assert main(["evaluate", str(run), "--cache", str(cache_dir), "--split", "test", "--device", "cpu"]) == 0
+    assert "no labels in this split" in capsys.readouterr().out
+    out = run / "report_test"
+    report = json.loads((out / "report.json").read_text())
+    assert report["overall"]["n"] == 0 and report["n_unlabelled"] == 6 and report["per_device"] == {}
+    assert report["synthetic"] is False and report["dataset"]["root"] == str(root.resolve())
+    assert "predictions.csv" in (out / "report.md").read_text()
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    assert [r[0] for r in rows[1:]] == [f"{i}.wav" for i in range(6)]
+    assert all(r[1] in SCENES for r in rows[1:])
+
+    # a cache of other features is refused
+    other = base / "other_logmel.yaml"
+    other.write_text(yaml.safe_dump({**FEATURES, "n_mels": 16}))
+    assert (
+        main(
+            [
+                "extract",
+                "--data",
+                str(root),
+                "--features",
+                str(other),
+                "--out",
+                str(base / "cache-eval"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    other_dir = cache_path(base / "cache-eval", other)
+    assert main(["evaluate", str(run), "--cache", str(other_dir), "--split", "test", "--device", "cpu"]) == 2
+    assert "features of another config" in capsys.readouterr().err

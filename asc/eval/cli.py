@@ -17,7 +17,10 @@ def register(subparsers) -> None:
             "Class probabilities of every clip go to predictions.csv (DCASE submission format); a split\n"
             "without labels (the official evaluation set) gets only those, no scores."
         ),
-        epilog="example:\n  asc evaluate runs/resnet17_paper_l2bn_seed0 --checkpoint best --device cuda",
+        epilog=("examples:\n  asc evaluate runs/resnet17_paper_l2bn_seed0 --checkpoint best --device cuda\n"
+                "  asc evaluate runs/resnet17_paper_l2bn_seed0 --cache cache_eval/logmel128_deltas-<hash> "
+                "--split test\n"
+                "      (official evaluation set: writes RUN/report_test/predictions.csv)"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument("run", metavar="RUN", help="run folder written by `asc train`")
@@ -25,10 +28,17 @@ def register(subparsers) -> None:
                           help="which checkpoint to score (default: best)")
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default=None,
                           help="where the model runs (default: cuda when available, else cpu)")
-    evaluate.add_argument("--batch-size", type=int, default=64, metavar="N",
-                          help="clips per forward pass (default: 64)")
-    evaluate.add_argument("--workers", type=int, default=0, metavar="N",
-                          help="data-loading worker processes (default: 0, load in the main process)")
+    evaluate.add_argument("--batch-size", type=int, default=None, metavar="N",
+                          help="clips per forward pass (default: the recipe's train.eval_batch_size)")
+    evaluate.add_argument("--workers", type=int, default=None, metavar="N",
+                          help="data-loading worker processes (default: the recipe's data.num_workers)")
+    evaluate.add_argument("--split", default=None, metavar="NAME",
+                          help="split to score (default: the recipe's data.eval_split, e.g. evaluate)")
+    evaluate.add_argument("--cache", default=None, metavar="DIR",
+                          help="another feature cache folder (the one holding manifest.json), e.g. the "
+                               "official evaluation set extracted with the run's feature config")
+    evaluate.add_argument("--out", default=None, metavar="DIR",
+                          help="report folder (default: RUN/report; RUN/report_<split> with --split/--cache)")
     evaluate.add_argument("--no-angles", dest="angles", action="store_false",
                           help="skip the angle measures (saves a pass over the training split)")
     evaluate.set_defaults(func=_evaluate)
@@ -55,12 +65,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from asc.errors import ConfigError
     from asc.eval.evaluate import evaluate_run, summary_lines
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     result = evaluate_run(args.run, checkpoint=args.checkpoint, device=args.device,
-                          batch_size=args.batch_size, workers=args.workers, angles=args.angles)
+                          batch_size=args.batch_size, workers=args.workers, angles=args.angles,
+                          split=args.split, cache_dir=args.cache, out_dir=args.out)
     print("\n".join(summary_lines(result)))
     return 0
 

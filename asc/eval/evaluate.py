@@ -113,11 +113,11 @@ def _pick_device(device: str | None) -> str:
 
 # ----------------------------------------------------------------------------- data
 
-def _dcase_split(recipe: Mapping, split: str, recipe_path: Path) -> EvalData:
+def _dcase_split(recipe: Mapping, split: str, recipe_path: Path, cache_dir: str | None = None) -> EvalData:
     from asc.features.cache import read_manifest
     from asc.features.dataset import FeatureDataset
 
-    cache_dir = _recipe_value(recipe, "data.cache_dir", recipe_path)
+    cache_dir = cache_dir or _recipe_value(recipe, "data.cache_dir", recipe_path)
     manifest = read_manifest(cache_dir)
     dataset = FeatureDataset(cache_dir, split)
     if len(dataset) == 0:
@@ -156,13 +156,37 @@ def _cifar_split(recipe: Mapping, split: str, recipe_path: Path) -> EvalData:
     )
 
 
-def load_split(recipe: Mapping, split: str, recipe_path: Path) -> EvalData:
+def _check_same_features(recipe: Mapping, cache_dir: str, recipe_path: Path) -> None:
+    """A cache given with --cache must hold the features the run was trained on."""
+    from asc.features.cache import read_manifest
+    from asc.features.logmel import feature_hash, load_feature_config
+
+    found = read_manifest(cache_dir).get("config_hash")
+    try:
+        expected = read_manifest(_recipe_value(recipe, "data.cache_dir", recipe_path)).get("config_hash")
+    except DataError:
+        if not recipe.get("features"):
+            return
+        expected = feature_hash(load_feature_config(recipe["features"]))
+    if found != expected:
+        raise AscError(f"{cache_dir}: features of another config (hash {found}) than the run's "
+                       f"(hash {expected}); extract the data with the run's feature config "
+                       f"{recipe.get('features')}")
+
+
+def load_split(recipe: Mapping, split: str, recipe_path: Path, cache_dir: str | None = None) -> EvalData:
+    """One split of the run's data; `cache_dir` points DCASE runs at another feature cache (e.g. the
+    official evaluation set, extracted with the same feature config)."""
     task = recipe.get("task", "dcase")
     if task == "cifar100":
+        if cache_dir is not None:
+            raise AscError("--cache applies to DCASE runs only")
         return _cifar_split(recipe, split, recipe_path)
     if task != "dcase":
         raise AscError(f"{recipe_path}: unknown task {task!r}")
-    return _dcase_split(recipe, split, recipe_path)
+    if cache_dir is not None:
+        _check_same_features(recipe, cache_dir, recipe_path)
+    return _dcase_split(recipe, split, recipe_path, cache_dir)
 
 
 # ----------------------------------------------------------------------------- inference
@@ -206,9 +230,15 @@ def run_model(model, dataset, *, device: str, batch_size: int, workers: int = 0,
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device: str | None = None,
-                 batch_size: int = 64, workers: int = 0, angles: bool = True,
+                 batch_size: int | None = None, workers: int | None = None, angles: bool = True,
+                 split: str | None = None, cache_dir: str | os.PathLike | None = None,
                  out_dir: str | os.PathLike | None = None) -> EvalResult:
-    """Score one run's checkpoint on its evaluation split and write the report folder."""
+    """Score one run's checkpoint on its evaluation split and write the report folder.
+
+    batch_size and workers default to the recipe's train.eval_batch_size and data.num_workers;
+    split to the recipe's data.eval_split. The report goes to RUN/report, or RUN/report_<split> for
+    another split or cache, unless `out_dir` says otherwise.
+    """
     import torch
 
     from asc.eval.report import build_report, write_predictions, write_report
@@ -223,9 +253,14 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     recipe = _read_recipe(run_dir, ckpt)
     recipe_path = run_dir / "recipe.yaml"
 
-    eval_split = _recipe_value(recipe, "data.eval_split", recipe_path, default="evaluate")
+    if batch_size is None:
+        batch_size = int((recipe.get("train") or {}).get("eval_batch_size") or 64)
+    if workers is None:
+        workers = int((recipe.get("data") or {}).get("num_workers") or 0)
+    recipe_split = _recipe_value(recipe, "data.eval_split", recipe_path, default="evaluate")
+    eval_split = split or recipe_split
     train_split = _recipe_value(recipe, "data.train_split", recipe_path, default="train")
-    data = load_split(recipe, eval_split, recipe_path)
+    data = load_split(recipe, eval_split, recipe_path, None if cache_dir is None else str(cache_dir))
     spec = ckpt.get("model_spec") or {}
     if spec.get("num_classes") not in (None, len(data.class_names)):
         raise AscError(f"{ckpt_path}: the model has {spec['num_classes']} classes but split {eval_split!r} "
@@ -270,7 +305,10 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         history=read_history(run_dir / "metrics.jsonl"), train_embeddings=train_embeddings,
         train_labels=train_labels, test_embeddings=embeddings,
     )
-    out = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    if out_dir is None:
+        default = eval_split == recipe_split and cache_dir is None
+        out_dir = run_dir / (REPORT_DIR if default else f"{REPORT_DIR}_{eval_split}")
+    out = Path(out_dir)
     files = write_report(report, out)
     write_predictions(out / "predictions.csv", data.filenames, logits, data.class_names)
     files.append(out / "predictions.csv")
