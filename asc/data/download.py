@@ -1,0 +1,227 @@
+"""Download TAU Urban Acoustic Scenes 2020 Mobile (development) from its public Zenodo record.
+
+Each archive is fetched into `DIR/.download/NAME.part` (resumed with an HTTP Range request after an
+interruption), checked against its published md5, then extracted — refusing absolute paths, '..'
+and links — so that DIR holds `audio/`, `meta.csv` and `evaluation_setup/`. A per-archive marker
+makes reruns skip finished archives; a final marker makes a rerun of a finished download a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import stat
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from asc.errors import DataError
+from asc.fileio import atomic_write_json
+
+ZENODO_RECORD = 3819968
+DEFAULT_BASE_URL = f"https://zenodo.org/record/{ZENODO_RECORD}/files/"
+ARCHIVE_ROOT = "TAU-urban-acoustic-scenes-2020-mobile-development"
+DOWNLOAD_DIR = ".download"
+COMPLETE_MARKER = ".download-complete.json"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Package:
+    filename: str
+    md5: str
+    size: int | None = None     # bytes, for the progress bar and the free-space check
+
+
+# The published archives of record 3819968 (version 2) with their md5 sums and sizes.
+DEVELOPMENT_PACKAGES: tuple[Package, ...] = (
+    Package(f"{ARCHIVE_ROOT}.doc.zip", "175f40dc3fec144347abad4d2962b7ae", 18066),
+    Package(f"{ARCHIVE_ROOT}.meta.zip", "6eae9db553ce48e4ea246e34e50a3cf5", 214159),
+    Package(f"{ARCHIVE_ROOT}.audio.1.zip", "b1e85b8a908d3d6a6ab73268f385d5c8", 1726039031),
+    Package(f"{ARCHIVE_ROOT}.audio.2.zip", "4310a13cc2943d6ce3f70eba7ba4c784", 1782268370),
+    Package(f"{ARCHIVE_ROOT}.audio.3.zip", "ed38956c4246abb56190c1e9b602b7b8", 1870468865),
+    Package(f"{ARCHIVE_ROOT}.audio.4.zip", "97ab8560056b6816808dedc044dcc023", 1879413176),
+    Package(f"{ARCHIVE_ROOT}.audio.5.zip", "b50f5e0bfed33cd8e52cb3e7f815c6cb", 1823936584),
+    Package(f"{ARCHIVE_ROOT}.audio.6.zip", "fbf856a3a86fff7520549c899dc94372", 1827246144),
+    Package(f"{ARCHIVE_ROOT}.audio.7.zip", "0dbffe7b6e45564da649378723284062", 1728630243),
+    Package(f"{ARCHIVE_ROOT}.audio.8.zip", "bb6f77832bf0bd9f786f965beb251b2e", 1748646043),
+    Package(f"{ARCHIVE_ROOT}.audio.9.zip", "a65596a5372eab10c78e08a0de797c9e", 1780487215),
+    Package(f"{ARCHIVE_ROOT}.audio.10.zip", "2ad595819ffa1d56d2de4c7ed43205a6", 1726068853),
+    Package(f"{ARCHIVE_ROOT}.audio.11.zip", "0ad29f7040a4e6a22cfd639b3a6738e5", 1744480272),
+    Package(f"{ARCHIVE_ROOT}.audio.12.zip", "e5f4400c6b9697295fab4cf507155a2f", 1738707195),
+    Package(f"{ARCHIVE_ROOT}.audio.13.zip", "8855ab9f9896422746ab4c5d89d8da2f", 1835797785),
+    Package(f"{ARCHIVE_ROOT}.audio.14.zip", "092ad744452cd3e7de78f988a3d13020", 1846390881),
+    Package(f"{ARCHIVE_ROOT}.audio.15.zip", "4b5eb85f6592aebf846088d9df76b420", 1869032508),
+    Package(f"{ARCHIVE_ROOT}.audio.16.zip", "2e0a89723e58a3836be019e6996ae460", 436971777),
+)
+
+_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
+
+
+def _md5_of(path: Path):
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            h.update(block)
+    return h
+
+
+def _fetch(url: str, part: Path, size_hint: int | None, timeout: float) -> str:
+    """Append the rest of `url` to `part` (Range from its current size); returns the md5 of the whole."""
+    from asc.progress import progress
+
+    have = part.stat().st_size if part.exists() else 0
+    h = _md5_of(part) if have else hashlib.md5()
+    req = urllib.request.Request(url, headers={"User-Agent": "asc-l2bn"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing left to fetch: the part file is complete
+            return h.hexdigest()
+        raise
+    with resp:
+        if have and resp.status != 206:  # the server ignored Range: start over
+            have, h = 0, hashlib.md5()
+            part.unlink(missing_ok=True)
+        length = resp.headers.get("Content-Length")
+        total = have + int(length) if length is not None else size_hint
+        bar = progress(total=total, initial=have, desc=part.name.removesuffix(".part"), unit="B",
+                       unit_scale=True, unit_divisor=1024)
+        received = 0
+        try:
+            with open(part, "ab") as fh:
+                for block in iter(lambda: resp.read(CHUNK), b""):
+                    fh.write(block)
+                    h.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+        finally:
+            bar.close()
+        if length is not None and received < int(length):
+            raise http.client.IncompleteRead(b"", int(length) - received)
+    return h.hexdigest()
+
+
+def fetch_package(pkg: Package, url: str, dest: Path, *, retries: int = 5, retry_wait: float = 2.0,
+                  timeout: float = 60.0) -> Path:
+    """Download `url` to `dest` with resume and md5 check; a corrupt result is fetched again once."""
+    part = dest.with_name(dest.name + ".part")
+    if dest.exists():
+        if _md5_of(dest).hexdigest() == pkg.md5:
+            return dest
+        dest.unlink()
+    corrupt_refetched = False
+    failures = 0
+    while True:
+        try:
+            digest = _fetch(url, part, pkg.size, timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:
+                raise DataError(f"{url}: HTTP {exc.code} {exc.reason}; check --base-url") from None
+            error: Exception = exc
+        except _TRANSIENT as exc:
+            error = exc
+        else:
+            if digest == pkg.md5:
+                os.replace(part, dest)
+                return dest
+            part.unlink(missing_ok=True)
+            if corrupt_refetched:
+                raise DataError(f"{dest.name}: md5 {digest} does not match the published {pkg.md5} after a "
+                                f"second download; the server copy may have changed, try again later")
+            corrupt_refetched = True
+            continue
+        failures += 1
+        if failures > retries:
+            raise DataError(f"{url}: download interrupted ({error}); rerun the same command to resume "
+                            f"from {part.stat().st_size if part.exists() else 0} bytes")
+        time.sleep(retry_wait * 2 ** (failures - 1))
+
+
+def _member_target(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath | None:
+    """Where a member goes, relative to the dataset folder; None for the archive's top folder."""
+    name = info.filename.replace("\\", "/")
+    path = PurePosixPath(name)
+    if name.startswith("/") or (path.parts and ":" in path.parts[0]) or ".." in path.parts:
+        raise DataError(f"{archive.name}: refusing member {info.filename!r}: it points outside the dataset "
+                        f"folder")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise DataError(f"{archive.name}: refusing member {info.filename!r}: links are not extracted")
+    parts = path.parts[1:] if path.parts and path.parts[0] == ARCHIVE_ROOT else path.parts
+    return PurePosixPath(*parts) if parts else None
+
+
+def extract_archive(archive: Path, to: Path) -> int:
+    """Extract `archive` into `to` (top folder stripped), each file atomically; returns the file count."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{archive}: not a readable zip archive ({exc}); delete it and rerun") from None
+    with zf:
+        members = [(info, _member_target(archive, info)) for info in zf.infolist()]  # check all first
+        count = 0
+        for info, rel in members:
+            if rel is None:
+                continue
+            target = to / rel
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with zf.open(info) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+            os.replace(tmp, target)
+            count += 1
+    return count
+
+
+def download_tau2020(to: str | os.PathLike, base_url: str = DEFAULT_BASE_URL,
+                     packages: Sequence[Package] = DEVELOPMENT_PACKAGES, *, keep_archives: bool = False,
+                     retries: int = 5, retry_wait: float = 2.0, timeout: float = 60.0,
+                     log=print) -> Path:
+    """Fetch, verify and extract every package into `to`; safe to rerun after any interruption."""
+    to = Path(to)
+    names = [p.filename for p in packages]
+    marker = to / COMPLETE_MARKER
+    if marker.is_file():
+        try:
+            done = json.loads(marker.read_text(encoding="utf-8")).get("packages")
+        except (OSError, ValueError):
+            done = None
+        if done == names:
+            log(f"{to}: already downloaded and extracted ({len(names)} archives)")
+            return to
+    work = to / DOWNLOAD_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    pending = [p for p in packages if not (work / f"{p.filename}.done").is_file()]
+    sizes = [p.size or 0 for p in pending]  # extracted audio is about as large as its archive
+    need = sum(sizes) + (sum(sizes) if keep_archives else max(sizes, default=0))
+    free = shutil.disk_usage(work).free
+    if need and free < need:
+        raise DataError(f"{to}: about {need / 2**30:.1f} GiB of free space needed, {free / 2**30:.1f} GiB "
+                        f"available; free some space or choose another folder")
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    for i, pkg in enumerate(packages, 1):
+        done_marker = work / f"{pkg.filename}.done"
+        if done_marker.is_file():
+            continue
+        log(f"[{i}/{len(packages)}] {pkg.filename}")
+        archive = fetch_package(pkg, base + pkg.filename, work / pkg.filename, retries=retries,
+                                retry_wait=retry_wait, timeout=timeout)
+        count = extract_archive(archive, to)
+        atomic_write_json(done_marker, {"md5": pkg.md5, "files": count})
+        if not keep_archives:
+            archive.unlink()
+    atomic_write_json(marker, {"record": ZENODO_RECORD, "base_url": base, "packages": names})
+    return to

@@ -1,0 +1,215 @@
+"""Download against a local HTTP server: md5 table, resume with Range, corruption, zip slip, idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from asc.data.download import (
+    ARCHIVE_ROOT,
+    DEVELOPMENT_PACKAGES,
+    Package,
+    download_tau2020,
+    extract_archive,
+    fetch_package,
+)
+from asc.errors import DataError
+
+
+class FakeZenodo:
+    """Serves `files` with Range support; can cut a transfer short or corrupt the first response."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.requests: list[tuple[str, str | None]] = []
+        self.cut_after: dict[str, int] = {}     # name -> bytes sent before dropping the connection (once)
+        self.corrupt_once: set[str] = set()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.lstrip("/").split("?")[0]
+                rng = self.headers.get("Range")
+                server.requests.append((name, rng))
+                data = server.files.get(name)
+                if data is None:
+                    self.send_error(404)
+                    return
+                if name in server.corrupt_once:
+                    server.corrupt_once.discard(name)
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.end_headers()
+                    return
+                body = data[start:]
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut = server.cut_after.pop(name, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _pkg(name: str, data: bytes) -> Package:
+    return Package(name, hashlib.md5(data).hexdigest(), len(data))
+
+
+@pytest.fixture
+def fake_set():
+    meta = "filename\tscene_label\tidentifier\tsource_label\naudio/bus-paris-5-100-a.wav\tbus\tparis-5\ta\n"
+    files = {
+        f"{ARCHIVE_ROOT}.meta.zip": _zip({
+            f"{ARCHIVE_ROOT}/meta.csv": meta.encode(),
+            f"{ARCHIVE_ROOT}/evaluation_setup/fold1_train.csv": b"filename\tscene_label\n"
+                                                                b"audio/bus-paris-5-100-a.wav\tbus\n",
+        }),
+        f"{ARCHIVE_ROOT}.audio.1.zip": _zip({
+            f"{ARCHIVE_ROOT}/audio/bus-paris-5-100-a.wav": bytes(range(256)) * 400,
+        }),
+    }
+    return files, [_pkg(name, data) for name, data in files.items()]
+
+
+def test_published_md5_table():
+    assert len(DEVELOPMENT_PACKAGES) == 18
+    table = {p.filename.removeprefix(ARCHIVE_ROOT + "."): p.md5 for p in DEVELOPMENT_PACKAGES}
+    assert table["doc.zip"] == "175f40dc3fec144347abad4d2962b7ae"
+    assert table["meta.zip"] == "6eae9db553ce48e4ea246e34e50a3cf5"
+    assert table["audio.1.zip"] == "b1e85b8a908d3d6a6ab73268f385d5c8"
+    assert table["audio.16.zip"] == "2e0a89723e58a3836be019e6996ae460"
+    assert [f"audio.{i}.zip" for i in range(1, 17)] == [k for k in table if k.startswith("audio.")]
+    assert all(len(m) == 32 and int(m, 16) >= 0 for m in table.values())
+
+
+def test_download_extracts_layout_and_is_idempotent(tmp_path, fake_set):
+    files, packages = fake_set
+    with FakeZenodo(files) as server:
+        out = download_tau2020(tmp_path / "tau", server.url, packages, retry_wait=0, log=lambda *_: None)
+        assert (out / "meta.csv").is_file() and (out / "evaluation_setup/fold1_train.csv").is_file()
+        assert (out / "audio/bus-paris-5-100-a.wav").read_bytes() == bytes(range(256)) * 400
+        assert not list((out / ".download").glob("*.zip"))  # archives removed after extraction
+        n = len(server.requests)
+        lines = []
+        download_tau2020(tmp_path / "tau", server.url, packages, retry_wait=0, log=lines.append)
+        assert len(server.requests) == n and "already downloaded" in lines[0]
+    from asc.data.tau2020 import load_tau2020
+
+    assert [c.id for c in load_tau2020(out).split("train")] == ["bus-paris-5-100-a"]
+
+
+def test_interrupted_transfer_resumes_with_range(tmp_path, fake_set):
+    files, packages = fake_set
+    name = f"{ARCHIVE_ROOT}.audio.1.zip"
+    with FakeZenodo(files) as server:
+        server.cut_after[name] = 40000
+        download_tau2020(tmp_path / "tau", server.url, packages, retry_wait=0, log=lambda *_: None)
+        ranges = [r for n, r in server.requests if n == name]
+    assert ranges == [None, "bytes=40000-"]
+    assert (tmp_path / "tau/audio/bus-paris-5-100-a.wav").stat().st_size == 256 * 400
+
+
+def test_part_file_from_an_earlier_run_is_continued(tmp_path, fake_set):
+    files, packages = fake_set
+    name = f"{ARCHIVE_ROOT}.audio.1.zip"
+    work = tmp_path / "tau/.download"
+    work.mkdir(parents=True)
+    (work / f"{name}.part").write_bytes(files[name][:12345])
+    with FakeZenodo(files) as server:
+        download_tau2020(tmp_path / "tau", server.url, packages, retry_wait=0, log=lambda *_: None)
+        assert [r for n, r in server.requests if n == name] == ["bytes=12345-"]
+
+
+def test_corrupted_download_is_detected_and_fetched_again(tmp_path, fake_set):
+    files, packages = fake_set
+    name = f"{ARCHIVE_ROOT}.meta.zip"
+    with FakeZenodo(files) as server:
+        server.corrupt_once.add(name)
+        download_tau2020(tmp_path / "tau", server.url, packages, retry_wait=0, log=lambda *_: None)
+        assert [r for n, r in server.requests if n == name] == [None, None]
+    assert (tmp_path / "tau/meta.csv").is_file()
+
+
+def test_persistently_wrong_md5_is_an_error(tmp_path, fake_set):
+    files, packages = fake_set
+    wrong = [Package(p.filename, "0" * 32, p.size) for p in packages]
+    with FakeZenodo(files) as server, pytest.raises(DataError, match=r"meta.zip: md5 .* does not match"):
+        download_tau2020(tmp_path / "tau", server.url, wrong, retry_wait=0, log=lambda *_: None)
+    assert not (tmp_path / "tau/meta.csv").exists()
+
+
+def test_missing_file_on_server_is_a_clear_error(tmp_path):
+    with FakeZenodo({}) as server, pytest.raises(DataError, match="HTTP 404"):
+        fetch_package(Package("nope.zip", "0" * 32), server.url + "nope.zip", tmp_path / "nope.zip",
+                      retry_wait=0)
+
+
+def test_server_gone_gives_resume_hint(tmp_path):
+    with pytest.raises(DataError, match="rerun the same command to resume"):
+        fetch_package(Package("x.zip", "0" * 32), "http://127.0.0.1:9/x.zip", tmp_path / "x.zip", retries=1,
+                      retry_wait=0, timeout=2)
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", f"{ARCHIVE_ROOT}/../../evil.txt",
+                                    "C:/evil.txt"])
+def test_zip_slip_is_refused_before_anything_is_written(tmp_path, member):
+    archive = tmp_path / "bad.zip"
+    archive.write_bytes(_zip({f"{ARCHIVE_ROOT}/meta.csv": b"x", member: b"owned"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError, match="refusing member"):
+        extract_archive(archive, out)
+    assert not any(out.rglob("*")) and not (tmp_path / "evil.txt").exists()
+
+
+def test_symlink_member_is_refused(tmp_path):
+    archive = tmp_path / "link.zip"
+    info = zipfile.ZipInfo(f"{ARCHIVE_ROOT}/audio/link.wav")
+    info.external_attr = (0o120777 << 16)
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(DataError, match="links are not extracted"):
+        extract_archive(archive, tmp_path / "out")
+
+
+def test_corrupt_archive_on_disk(tmp_path):
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(DataError, match="not a readable zip archive"):
+        extract_archive(tmp_path / "broken.zip", tmp_path)
