@@ -29,6 +29,11 @@ class CifarNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.embed(x))
 
+    def forward_with_embedding(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, embedding) from one pass, for the angle metrics during training."""
+        emb = self.embed(x)
+        return self.fc(emb), emb
+
 
 def init_weights(model: nn.Module) -> None:
     """He-normal (fan_out) convolutions, as in the CIFAR ResNet/DenseNet/ResNeXt papers' code.
