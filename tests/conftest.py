@@ -26,3 +26,16 @@ def tau2020_meta_dir(tmp_path_factory) -> Path:
         with gzip.open(_FIXTURE_META / f"{rel}.gz", "rb") as src, open(out / rel, "wb") as dst:
             shutil.copyfileobj(src, dst)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A synthetic TAU-format set (preset tiny, 2-s clips, seed 0): ~120 clips in every split and device.
+
+    Shared by the whole session: treat it as read-only.
+    """
+    from asc.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("tiny-synth")
+    synthesize(out, preset="tiny", seed=0, duration=2.0, workers=1)
+    return out

@@ -1,0 +1,149 @@
+"""Validate a dataset folder: metadata through the reader, structure facts, and audio headers."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asc.data.audio import audio_info
+from asc.data.tau2020 import DEVICES, SCENES, SPLITS, UNSEEN, TauDataset, load_tau2020
+from asc.errors import DataError
+
+AUDIO_MODES = ("all", "sample", "none")
+EXPECTED_SR = 44100
+EXPECTED_SECONDS = 10.0
+
+
+@dataclass
+class CheckReport:
+    dataset: TauDataset
+    problems: list[str] = field(default_factory=list)     # make the check fail
+    warnings: list[str] = field(default_factory=list)     # worth knowing, not fatal
+    audio_checked: int = 0
+    audio_mode: str = "none"
+    formats: Counter = field(default_factory=Counter)     # (sr, channels, seconds, subtype) -> files
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _structure_warnings(data: TauDataset) -> list[str]:
+    out = []
+    train, evaluate = data.split("train"), data.split("evaluate")
+    if data.version != "eval" and (not train or not evaluate):
+        out.append(f"split sizes: train {len(train)}, evaluate {len(evaluate)}; both are needed for a recipe")
+    unseen_in_train = sorted({c.device for c in train if c.device in UNSEEN})
+    if unseen_in_train:
+        out.append(f"devices {', '.join(unseen_in_train)} appear in train "
+                   f"(in TAU 2020 Mobile they are only in evaluate)")
+    shared = {c.location for c in train} & {c.location for c in evaluate} - {None}
+    if shared:
+        out.append(f"{len(shared)} recording location(s) in both train and evaluate, "
+                   f"e.g. {sorted(shared)[0]}")
+    bases_with_a = {c.base for c in data.clips if c.device == "a"}
+    orphans = [c for c in data.clips if c.device not in (None, "a") and c.base not in bases_with_a]
+    if orphans:
+        out.append(f"{len(orphans)} clip(s) of devices b/c/s* without a device-a parallel, "
+                   f"e.g. {orphans[0].filename}")
+    return out
+
+
+def check_dataset(root: str | os.PathLike, audio: str = "sample", sample: int = 200, *,
+                  seed: int = 0) -> CheckReport:
+    """Read `root` with the TAU reader (DataError on broken metadata), then check files and headers.
+
+    Counts are those of the metadata; missing audio files are reported as a problem. Each audio file
+    checked must be 44.1 kHz mono and 10 s long (or the duration a synthetic set declares).
+    """
+    from asc.progress import progress
+
+    if audio not in AUDIO_MODES:
+        raise ValueError(f"audio must be one of {AUDIO_MODES}")
+    data = load_tau2020(root, check_audio=False)
+    report = CheckReport(dataset=data, audio_mode=audio)
+    missing = [c for c in data.clips if not data.path(c).is_file()]
+    if missing:
+        shown = ", ".join(c.filename for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        report.problems.append(f"{len(missing)} of {len(data.clips)} audio files listed in the metadata are "
+                               f"missing ({shown})")
+    report.warnings.extend(_structure_warnings(data))
+    seconds = EXPECTED_SECONDS
+    if data.synthetic and data.synthetic_info:
+        seconds = float(data.synthetic_info.get("duration_s", seconds))
+    absent = {c.filename for c in missing}
+    clips = [c for c in data.clips if c.filename not in absent]
+    if audio == "sample" and len(clips) > sample:
+        clips = random.Random(seed).sample(clips, sample)
+    elif audio == "none":
+        clips = []
+    bad: list[str] = []
+    expected_frames = int(round(seconds * EXPECTED_SR))
+    for clip in progress(clips, desc="audio headers", unit="file"):
+        try:
+            info = audio_info(data.path(clip))
+        except DataError as exc:
+            bad.append(str(exc))
+            continue
+        report.formats[(info.samplerate, info.channels, round(info.duration, 3), info.subtype)] += 1
+        issues = []
+        if info.samplerate != EXPECTED_SR:
+            issues.append(f"{info.samplerate} Hz")
+        if info.channels != 1:
+            issues.append(f"{info.channels} channels")
+        if info.frames != expected_frames and info.samplerate == EXPECTED_SR:
+            issues.append(f"{info.duration:.3f} s")
+        if issues:
+            bad.append(f"{data.path(clip)}: {', '.join(issues)} "
+                       f"(expected {EXPECTED_SR} Hz, mono, {seconds:g} s)")
+    report.audio_checked = len(clips)
+    if bad:
+        report.problems.append(f"{len(bad)} of {len(clips)} checked audio file(s) are unusable or not in the "
+                               f"expected format; first: {bad[0]}")
+    return report
+
+
+def _table(rows: dict[str, dict[str, int]], columns: list[str], first: str) -> list[str]:
+    width = max([len(first), *(len(r) for r in rows)])
+    cols = [*columns, "total"]
+    lines = [f"{first:<{width}}  " + " ".join(f"{c:>6}" for c in cols)]
+    for name, counts in rows.items():
+        cells = [counts.get(c, 0) for c in columns]
+        lines.append(f"{name:<{width}}  " + " ".join(f"{v:>6}" for v in [*cells, sum(cells)]))
+    return lines
+
+
+def format_report(report: CheckReport) -> str:
+    """Human-readable summary: dataset kind, counts per split x device and per scene, audio, problems."""
+    data = report.dataset
+    counts = data.counts()
+    kind = f"TAU 2020 Mobile ({data.version})"
+    if data.synthetic:
+        info = data.synthetic_info or {}
+        kind = (f"SYNTHETIC TAU-format set (preset {info.get('preset', '?')}, seed {info.get('seed', '?')}); "
+                f"not real recordings")
+    sizes = ", ".join(f"{s} {len(data.split(s))}" for s in SPLITS)
+    lines = [f"dataset: {Path(data.root)}", f"kind: {kind}", f"clips: {len(data.clips)} ({sizes})", ""]
+    devices = [d for d in DEVICES if any(d in c for c in counts["device"].values())]
+    if any("unknown" in c for c in counts["device"].values()):
+        devices.append("unknown")
+    lines += _table(counts["device"], devices, "split / device")
+    lines.append("")
+    scenes = [s for s in SCENES if any(s in c for c in counts["scene"].values())]
+    if any("unknown" in c for c in counts["scene"].values()):
+        scenes.append("unknown")
+    per_scene = {s: {split: counts["scene"][split].get(s, 0) for split in counts["scene"]} for s in scenes}
+    lines += _table(per_scene, list(counts["scene"]), "scene / split")
+    lines.append("")
+    if report.audio_mode == "none":
+        lines.append("audio: not checked (--audio none)")
+    else:
+        fmt = "; ".join(f"{n} x {sr} Hz {ch} ch {sec:g} s {sub}" for (sr, ch, sec, sub), n in
+                        report.formats.most_common(4))
+        lines.append(f"audio: {report.audio_checked} file(s) checked ({report.audio_mode}): {fmt or '-'}")
+    lines += [f"warning: {w}" for w in report.warnings]
+    lines += [f"problem: {p}" for p in report.problems] or ["problems: none"]
+    return "\n".join(lines)

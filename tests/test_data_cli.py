@@ -1,0 +1,97 @@
+"""`asc data ...` end to end through the real entry point."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asc.cli import main
+
+
+def test_help_has_examples(capsys):
+    for argv in (["data", "--help"], ["data", "synth", "--help"], ["data", "download", "--help"],
+                 ["data", "check", "--help"], ["data", "synth-cifar", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert "example" in out and "asc data" in out
+
+
+def test_top_level_help_does_not_import_the_work():
+    code = ("import sys; from asc.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numpy', 'soundfile', 'scipy', 'asc.data.synth') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_synth_then_check(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    assert main(["data", "synth", "--out", str(out), "--preset", "tiny", "--duration", "0.5", "--workers",
+                 "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "train    a 40" in printed and f"to {out}" in printed
+    assert main(["data", "synth", "--out", str(out), "--preset", "tiny", "--duration", "0.5"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert main(["data", "check", str(out), "--audio", "all"]) == 0
+    report = capsys.readouterr().out
+    assert "SYNTHETIC" in report and "problems: none" in report
+    assert "evaluate" in report and "s6" in report and "street_traffic" in report
+    assert "0.5 s PCM_24" in report
+
+
+def test_check_fails_on_bad_audio(tiny_dataset, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    victim = sorted((root / "audio").iterdir())[0]
+    sf.write(victim, np.zeros((44100, 2), dtype=np.float32), 22050, subtype="PCM_16")
+    assert main(["data", "check", str(root), "--audio", "all"]) == 1
+    report = capsys.readouterr().out
+    assert "problem: 1 of" in report and victim.name in report and "22050 Hz, 2 channels" in report
+
+
+def test_check_missing_audio(tiny_dataset, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    victim = sorted((root / "audio").iterdir())[3]
+    victim.unlink()
+    assert main(["data", "check", str(root), "--audio", "all"]) == 1
+    out = capsys.readouterr().out
+    assert f"problem: 1 of 116 audio files listed in the metadata are missing (audio/{victim.name})" in out
+    assert "audio: 115 file(s) checked (all)" in out
+
+
+def test_check_broken_metadata_is_one_line(tmp_path, capsys):
+    (tmp_path / "evaluation_setup").mkdir()
+    (tmp_path / "evaluation_setup/fold1_train.csv").write_text("filename\tscene_label\naudio/x.wav\tbeach\n")
+    assert main(["data", "check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fold1_train.csv:2" in err and "unknown scene 'beach'" in err
+
+
+def test_check_real_metadata_without_audio(tau2020_meta_dir, capsys):
+    assert main(["data", "check", str(tau2020_meta_dir), "--audio", "none"]) == 1
+    out = capsys.readouterr().out
+    assert "TAU 2020 Mobile (v2)" in out and "problem: 23035 of 23035 audio files" in out
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert lines["train"] == ["10215", "749", "748", "750", "750", "750", "0", "0", "0", "13962"]
+    assert lines["evaluate"][-1] == "2968"
+
+
+def test_synth_refuses_foreign_folder(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["data", "synth", "--out", str(tmp_path), "--preset", "tiny"]) == 2
+    assert "holds no synthetic set" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_synth_cifar_is_wired(tmp_path, capsys):
+    pytest.importorskip("asc.data.cifar")
+    assert main(["data", "synth-cifar", "--out", str(tmp_path), "--preset", "tiny", "--seed", "1"]) == 0
+    assert "synthetic CIFAR-100" in capsys.readouterr().out
+    assert any(tmp_path.rglob("*"))
