@@ -110,11 +110,6 @@ class Cifar100:
     coarse_classes: list[str]
     synthetic: bool = False
 
-    @property
-    def fine_names(self) -> list[str]:
-        """The fine label names (the meta file's key); the same list as `classes`."""
-        return self.classes
-
 
 def resolve_root(root: str | Path) -> Path:
     """The `cifar-100-python` folder given itself or its parent; DataError if it is not CIFAR-100."""

@@ -54,7 +54,7 @@ def load_task_data(recipe: dict) -> TaskData:
         to_t = lambda imgs: torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # noqa: E731
         return TaskData(_ImageSet(to_t(c.train.images), c.train.labels),
                         _ImageSet(to_t(c.test.images), c.test.labels),
-                        num_classes=len(c.fine_names), in_channels=3, class_names=list(c.fine_names),
+                        num_classes=len(c.classes), in_channels=3, class_names=list(c.classes),
                         kind="image")
     from asc.features.dataset import FeatureDataset
 
