@@ -125,8 +125,8 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
     notice = None
     if synthetic:
         where = ", ".join(str(d["root"] or d["name"]) for d in datasets if d["synthetic"])
-        notice = (f"Synthetic data: runs evaluated on the synthetic TAU-format set ({where}); "
-                  "these numbers check the pipeline and say nothing about accuracy on real recordings.")
+        notice = (f"Synthetic data: runs evaluated on a synthetic set ({where}); "
+                  "these numbers check the pipeline and say nothing about accuracy on real data.")
     return {
         "synthetic": synthetic,
         "notice": notice,

@@ -36,9 +36,12 @@ def _tau_devices() -> tuple[list[str], dict[str, list[str]]]:
 
 
 def synthetic_notice(dataset: Mapping[str, Any]) -> str:
-    where = dataset.get("root") or dataset.get("name") or "an unnamed folder"
-    return (f"Synthetic data: these numbers come from the synthetic TAU-format set at {where}; "
-            "they check the pipeline and say nothing about accuracy on real recordings.")
+    where = dataset.get("root") or "an unnamed folder"
+    what = str(dataset.get("name") or "synthetic dataset")
+    if not what.startswith("synthetic"):
+        what = f"synthetic {what}"
+    return (f"Synthetic data: these numbers come from the {what} set at {where}; "
+            "they check the pipeline and say nothing about accuracy on real data.")
 
 
 def _clean(obj: Any) -> Any:
@@ -202,6 +205,10 @@ def _title(report: Mapping) -> str:
     return "Evaluation" + (": " + " / ".join(parts) if parts else "")
 
 
+def _unit(report: Mapping) -> str:
+    return "images" if (report.get("run") or {}).get("task") == "cifar100" else "clips"
+
+
 def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
     """The report as a Markdown page; when the data is synthetic its first line says so."""
     lines: list[str] = []
@@ -209,9 +216,10 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
         lines += [f"> **{report['notice']}**", ""]
     lines += [f"# {_title(report)}", ""]
     ds, run = report.get("dataset") or {}, report.get("run") or {}
-    kind = "SYNTHETIC" if report.get("synthetic") else "real recordings"
+    kind = "SYNTHETIC" if report.get("synthetic") else "real data"
+    unit = _unit(report)
     lines.append(f"- Dataset: {ds.get('name', 'unnamed')} ({kind}) at `{ds.get('root', '?')}`, "
-                 f"split `{ds.get('split', '?')}`: {report['n_clips']} clips"
+                 f"split `{ds.get('split', '?')}`: {report['n_clips']} {unit}"
                  + (f", {report['n_unlabelled']} without labels" if report.get("n_unlabelled") else ""))
     if run:
         shown = ", ".join(f"{key} {run[key]}" for key in ("recipe", "profile", "model", "norm", "seed",
@@ -227,7 +235,7 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
         return "\n".join(lines) + "\n"
 
     lines += ["## Overall", ""]
-    lines += _table(["accuracy %", "macro accuracy %", "log loss", "clips"],
+    lines += _table(["accuracy %", "macro accuracy %", "log loss", unit],
                     [[_pct(overall["accuracy"]), _pct(overall["macro_accuracy"]),
                       _num(overall["log_loss"]), overall["n"]]])
     if report["per_device"]:
@@ -238,7 +246,7 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
                  for name, s in report["device_groups"].items()]
         lines += _table(["device", "accuracy %", "log loss", "clips"], rows)
     lines += ["", "## Per class" if not report["per_device"] else "## Per scene", ""]
-    lines += _table(["class" if not report["per_device"] else "scene", "accuracy %", "log loss", "clips"],
+    lines += _table(["class" if not report["per_device"] else "scene", "accuracy %", "log loss", unit],
                     [[name, _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
                      for name, s in report["per_scene"].items()])
 
