@@ -365,7 +365,6 @@ def _results(paths: Sequence[str], cfg: dict, workers: int, device: str, batch_s
     if not paths:
         return
     if workers <= 1:
-        _init_worker_local(cfg, compute=not on_device)
         decoded: Iterable = (_work(p) for p in paths)
         pool = None
     else:
@@ -376,11 +375,16 @@ def _results(paths: Sequence[str], cfg: dict, workers: int, device: str, batch_s
     try:
         if not on_device:
             if pool is None:
+                # one thread, as in the workers: the same numbers for any --workers, and no thread-pool
+                # spin-up costs (tens of ms per small op on a busy machine)
                 with _single_thread_torch():
+                    _init_worker_local(cfg, compute=True)
                     yield from decoded
             else:
                 yield from decoded
             return
+        if pool is None:
+            _init_worker_local(cfg, compute=False)
         from asc.features.logmel import LogMelExtractor
 
         extractor = LogMelExtractor(cfg, device=device)

@@ -1,0 +1,147 @@
+"""Feature extraction throughput: `asc extract` (1 and 2 workers) vs a per-file librosa loop and the
+decode-only bound, on the same synthetic 10-s clips and cores. Prints files/s side by side.
+
+    .venv/bin/python scripts/bench_extract.py --clips 80 --repeats 3
+
+The synthetic set is built with asc.data.synth (as `asc data synth --preset tiny --duration 10`) in
+a temp folder unless --data names an existing TAU-format folder. Every method runs warm (files in
+the page cache, librosa/numba compiled, torch imported) and the best of --repeats runs is reported;
+ours is timed end to end through asc.features.cache.extract (planning, shards, manifest) into a
+fresh cache each time. Every process runs one thread (OMP/BLAS limits set below, torch in our
+workers), so "N processes" means N cores for every method.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES = ROOT / "features" / "logmel128_deltas.yaml"
+
+
+def decode_only(path: str) -> int:
+    import soundfile as sf
+
+    data, _ = sf.read(path, dtype="float32")
+    return data.shape[0]
+
+
+def librosa_per_file(path: str) -> np.ndarray:
+    """The reference recipe's way: load, mel spectrogram, log, deltas and delta-deltas, per file."""
+    import librosa
+
+    y, sr = librosa.load(path, sr=44100, mono=True, duration=10.0)
+    mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=1024, n_mels=128, fmin=0.0,
+                                         fmax=22050.0, htk=True, norm=None)
+    logmel = np.log(mel + 1e-8)
+
+    def deltas(x):  # N = 2, valid frames only
+        return ((x[:, 3:-1] - x[:, 1:-3]) + 2 * (x[:, 4:] - x[:, :-4])) / 10.0
+
+    d1 = deltas(logmel)
+    d2 = deltas(d1)
+    return np.stack([logmel[:, 4:-4], d1[:, 2:-2], d2]).astype(np.float32)
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run_pool(func, paths: list[str], procs: int) -> None:
+    if procs == 1:
+        for p in paths:
+            func(p)
+        return
+    with mp.get_context("fork").Pool(procs) as pool:
+        for _ in pool.imap(func, paths, chunksize=1):
+            pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="existing TAU-format folder (default: build a synthetic one)")
+    ap.add_argument("--clips", type=int, default=80, help="clips to extract (first by id)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+
+    from asc.data.tau2020 import load_tau2020
+    from asc.features.cache import clips_from_dataset, extract
+    from asc.features.logmel import load_feature_config
+
+    load_before = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    try:
+        if args.data:
+            data = Path(args.data)
+        else:
+            from asc.data.synth import synthesize
+
+            data = tmp / "synth"
+            print(f"building a synthetic set in {data} ...", file=sys.stderr)
+            synthesize(data, preset="tiny", seed=0, duration=10.0)
+        clips = clips_from_dataset(load_tau2020(data))[: args.clips]
+        paths = [c.path for c in clips]
+        cfg = load_feature_config(FEATURES)
+        n = len(paths)
+        seconds = [decode_only(p) / 44100 for p in paths]  # also warms the page cache
+        librosa_per_file(paths[0])  # numba/librosa warm-up
+
+        def ours(workers: int, compute_in: str = "auto"):
+            def go():
+                out = tmp / "cache"
+                shutil.rmtree(out, ignore_errors=True)
+                extract(clips, cfg, out / "x", name="x", dataset_root=str(data), workers=workers,
+                        compute_in=compute_in, log=lambda s: None)
+            return go
+
+        methods = [
+            ("decode only (soundfile), 1 process", lambda: run_pool(decode_only, paths, 1)),
+            ("decode only (soundfile), 2 processes", lambda: run_pool(decode_only, paths, 2)),
+            ("librosa loop, 1 process", lambda: run_pool(librosa_per_file, paths, 1)),
+            ("librosa loop, 2 processes", lambda: run_pool(librosa_per_file, paths, 2)),
+        ]
+        for w in args.workers:
+            methods.append((f"asc extract, {w} worker{'s' if w > 1 else ''}", ours(w)))
+        methods.append(("asc extract, 2 workers decode + batched compute in main", ours(2, "main")))
+        ours(1)()  # warm-up: torch kernels, filterbank
+        # interleaved repeats, so a burst of load on the shared machine hits every method alike
+        best = {name: float("inf") for name, _ in methods}
+        for _ in range(args.repeats):
+            for name, fn in methods:
+                best[name] = min(best[name], best_time(fn, 1))
+        rows = [(name, n / best[name]) for name, _ in methods]
+
+        load = os.getloadavg()
+        print(f"{n} clips of {np.mean(seconds):.1f} s, features {FEATURES.name}, best of {args.repeats}, "
+              f"{os.cpu_count()} cores, 1-min load average {load_before:.2f} before, {load[0]:.2f} after")
+        dec1 = rows[0][1]
+        lib1 = rows[2][1]
+        print(f"{'method':58s} {'files/s':>8s} {'x librosa(1)':>13s} {'x decode(1)':>12s}")
+        for name, rate in rows:
+            print(f"{name:58s} {rate:8.1f} {rate / lib1:13.2f} {rate / dec1:12.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
