@@ -216,10 +216,14 @@ def draft_manifest(cfg: Mapping, name: str, shards: Sequence[Shard], *, dataset_
 def _write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write, readable like the shards (the temp file starts private)."""
     atomic_write_json(path, obj)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -231,29 +235,46 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _write_row(fd: int, data_offset: int, row: int, feature: np.ndarray) -> None:
+    """Write one clip's feature into row `row` of an .npy file opened as `fd` (any process)."""
+    buf = memoryview(np.ascontiguousarray(feature)).cast("B")
+    os.pwrite(fd, buf, data_offset + row * buf.nbytes)
+
+
 class _ShardWriter:
-    """Fills one shard in a memory-mapped temp file; `commit` renames it into place."""
+    """Fills one shard in a temp .npy file (header first, rows written in place, unwritten rows read
+    as zeros); `commit` makes it durable and renames it into place."""
 
     def __init__(self, cache_dir: Path, shard: Shard, shape: tuple, dtype: str, cfg_hash: str):
         self.cache_dir, self.shard, self.cfg_hash = cache_dir, shard, cfg_hash
         self.dtype, self.shape = dtype, tuple(shape)
         self.tmp = cache_dir / f".{shard.name}.{os.getpid()}.npy.tmp"
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype,
-                                               shape=(len(shard.clips),) + self.shape)
+        full = (len(shard.clips),) + self.shape
+        row_bytes = int(np.prod(self.shape)) * np.dtype(dtype).itemsize
+        with open(self.tmp, "wb") as fh:
+            descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+            np.lib.format.write_array_header_1_0(fh, {"descr": descr, "fortran_order": False, "shape": full})
+            self.data_offset = fh.tell()
+            fh.truncate(self.data_offset + full[0] * row_bytes)
+        self.fd = os.open(self.tmp, os.O_RDWR)
         self.skipped: list[dict] = []
 
+    @property
+    def target(self) -> tuple[str, int]:
+        """Where pool workers write rows: (temp file, offset of row 0)."""
+        return str(self.tmp), self.data_offset
+
     def put(self, offset: int, feature: np.ndarray) -> None:
-        self.array[offset] = feature
+        _write_row(self.fd, self.data_offset, offset, np.asarray(feature, dtype=self.dtype))
 
     def skip(self, offset: int, reason: str) -> None:
         c = self.shard.clips[offset]
         self.skipped.append({"id": c.id, "file": c.file, "reason": reason})
 
     def commit(self) -> None:
-        self.array.flush()
-        del self.array
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        os.fsync(self.fd)  # also the rows that workers wrote through their own descriptors
+        os.close(self.fd)
+        self.fd = -1
         _write_json(self.shard.sidecar(self.cache_dir), {
             "format": FORMAT_VERSION, "config_hash": self.cfg_hash, "dtype": self.dtype,
             "shape": list(self.shape),
@@ -261,12 +282,15 @@ class _ShardWriter:
                       for c in self.shard.clips],
             "skipped": self.skipped,
         })
+        os.chmod(self.tmp, 0o644 & ~_umask())
         os.replace(self.tmp, self.shard.npy(self.cache_dir))
         _fsync_dir(self.cache_dir)
 
     def abort(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self.array
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
 
@@ -308,30 +332,65 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _keep_large_buffers() -> None:
+    """glibc returns freed buffers above its mmap threshold to the OS, so each clip page-faults its
+    ~10 MB of fresh STFT buffers again, which costs 3-4x the STFT itself. Keep them in the heap."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: the largest value glibc accepts
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to this much free heap
+
+
+def _setup(cfg: dict, compute: bool) -> None:
+    """Per-process state: the config and (when this process computes) a CPU extractor."""
+    from asc.features.logmel import LogMelExtractor
+
+    _keep_large_buffers()
+    _WORKER.clear()
+    _WORKER["cfg"] = cfg
+    _WORKER["extractor"] = LogMelExtractor(cfg) if compute else None
+    _WORKER["target"] = (None, None)
+
+
 def _init_worker(cfg: dict, compute: bool, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     import torch
 
-    from asc.features.logmel import LogMelExtractor
-
-    torch.set_num_threads(1)
-    _WORKER.clear()
-    _WORKER["cfg"] = cfg
-    _WORKER["extractor"] = LogMelExtractor(cfg) if compute else None
+    torch.set_num_threads(1)  # one core per worker; also keeps the numbers independent of --workers
+    _setup(cfg, compute)
 
 
-def _work(path: str) -> tuple[bool, Any]:
-    """(True, feature or waveform) or (False, reason) for a file that cannot be used."""
+def _work(job: tuple[str, tuple[str, int] | None, int]) -> tuple[bool, Any]:
+    """Decode (and compute) one clip. With a target temp shard the feature is written straight into
+    its row there (no copy through the pipe) and None returned; otherwise the array (the waveform
+    when this process only decodes). A file that cannot be used gives (False, reason)."""
     from asc.features.logmel import load_clip
 
+    audio, target, row = job
+    cfg = _WORKER["cfg"]
     try:
-        wave = load_clip(path, _WORKER["cfg"])
+        wave = load_clip(audio, cfg)
     except AscError as exc:
         return False, str(exc)
     extractor = _WORKER["extractor"]
     if extractor is None:
         return True, wave
-    return True, extractor.numpy(wave, _WORKER["cfg"]["storage"]["dtype"])
+    feature = extractor.numpy(wave, cfg["storage"]["dtype"])
+    if target is None:
+        return True, feature
+    path, data_offset = target
+    name, fd = _WORKER["target"]
+    if name != path:
+        if fd is not None:
+            os.close(fd)
+        fd = os.open(path, os.O_WRONLY)
+        _WORKER["target"] = (path, fd)
+    _write_row(fd, data_offset, row, feature)
+    return True, None
 
 
 @contextlib.contextmanager
@@ -346,79 +405,79 @@ def _single_thread_torch() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _results(paths: Sequence[str], cfg: dict, workers: int, device: str, batch_size: int,
-             compute_in: str = "auto") -> Iterator[tuple[bool, Any]]:
-    """Features (or failure reasons) for `paths`, in order.
+class _Computer:
+    """Turns audio paths into features, in order.
 
-    compute_in="workers" (CPU default): each worker decodes and computes one clip at a time with
-    single-threaded torch, so the numbers do not depend on the worker count. "main" (CUDA default):
-    workers only decode and the main process computes batches of `batch_size` on `device`.
+    compute_in="workers" (the CPU default): each process decodes and computes one clip at a time with
+    single-threaded torch, so the numbers do not depend on --workers; pool workers write rows straight
+    into the shard's temp file. compute_in="main" (the CUDA default): workers only decode and this
+    process computes batches of `batch_size` on `device`.
     """
-    import multiprocessing as mp
 
-    dtype = cfg["storage"]["dtype"]
-    if compute_in == "auto":
-        compute_in = "workers" if device == "cpu" else "main"
-    if compute_in not in ("workers", "main"):
-        raise ValueError(f"compute_in must be auto, workers or main, got {compute_in!r}")
-    on_device = compute_in == "main"
-    if not paths:
-        return
-    if workers <= 1:
-        decoded: Iterable = (_work(p) for p in paths)
-        pool = None
-    else:
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(workers, initializer=_init_worker,
-                                           initargs=(cfg, not on_device, os.getpid()))
-        decoded = pool.imap(_work, paths, chunksize=1)
-    try:
-        if not on_device:
-            if pool is None:
-                # one thread, as in the workers: the same numbers for any --workers, and no thread-pool
-                # spin-up costs (tens of ms per small op on a busy machine)
-                with _single_thread_torch():
-                    _init_worker_local(cfg, compute=True)
-                    yield from decoded
-            else:
-                yield from decoded
+    def __init__(self, cfg: dict, workers: int, device: str, batch_size: int, compute_in: str = "auto"):
+        import multiprocessing as mp
+
+        if compute_in == "auto":
+            compute_in = "workers" if device == "cpu" else "main"
+        if compute_in not in ("workers", "main"):
+            raise ValueError(f"compute_in must be auto, workers or main, got {compute_in!r}")
+        self.cfg, self.device, self.batch_size = cfg, device, batch_size
+        self.in_main = compute_in == "main"
+        self.pool = None
+        self._threads = contextlib.ExitStack()
+        if workers > 1:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            self.pool = mp.get_context(method).Pool(workers, initializer=_init_worker,
+                                                    initargs=(cfg, not self.in_main, os.getpid()))
+        if self.in_main:
+            from asc.features.logmel import LogMelExtractor
+
+            self.extractor = LogMelExtractor(cfg, device=device)
+            if self.pool is None:
+                _setup(cfg, compute=False)
+        else:
+            self._threads.enter_context(_single_thread_torch())  # see _init_worker
+            if self.pool is None:
+                _setup(cfg, compute=True)
+
+    def run(self, items: Sequence[tuple[str, int]], target: tuple[str, int]) -> Iterator[tuple[bool, Any]]:
+        """For each (path, row): (True, feature, or None when a worker wrote it into that row of the
+        temp shard file `target` = (path, offset of row 0)) or (False, reason)."""
+        if not items:
             return
-        if pool is None:
-            _init_worker_local(cfg, compute=False)
-        from asc.features.logmel import LogMelExtractor
-
-        extractor = LogMelExtractor(cfg, device=device)
+        if self.pool is None:
+            decoded: Iterable = (_work((path, None, 0)) for path, _ in items)
+        else:
+            direct = None if self.in_main else target
+            decoded = self.pool.imap(_work, [(path, direct, row) for path, row in items], chunksize=1)
+        if not self.in_main:
+            yield from decoded
+            return
         batch: list[tuple[bool, Any]] = []
         for item in decoded:
             batch.append(item)
-            if len(batch) >= batch_size:
-                yield from _compute_batch(extractor, batch, dtype)
+            if len(batch) >= self.batch_size:
+                yield from self._batch(batch)
                 batch = []
-        yield from _compute_batch(extractor, batch, dtype)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        yield from self._batch(batch)
 
-
-def _init_worker_local(cfg: dict, compute: bool) -> None:
-    from asc.features.logmel import LogMelExtractor
-
-    _WORKER.clear()
-    _WORKER["cfg"] = cfg
-    _WORKER["extractor"] = LogMelExtractor(cfg) if compute else None
-
-
-def _compute_batch(extractor: Any, batch: list[tuple[bool, Any]], dtype: str) -> Iterator[tuple[bool, Any]]:
-    good = [wave for ok, wave in batch if ok]
-    if good:
+    def _batch(self, batch: list[tuple[bool, Any]]) -> Iterator[tuple[bool, Any]]:
         import torch
 
-        feats = iter(extractor(np.stack(good)).to(getattr(torch, dtype)).cpu().numpy())
-    else:
+        good = [wave for ok, wave in batch if ok]
         feats = iter(())
-    for ok, value in batch:
-        yield (True, next(feats)) if ok else (False, value)
+        if good:
+            dtype = getattr(torch, self.cfg["storage"]["dtype"])
+            feats = iter(self.extractor(np.stack(good)).to(dtype).cpu().numpy())
+        for ok, value in batch:
+            yield (True, next(feats)) if ok else (False, value)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+        self._threads.close()
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -464,7 +523,7 @@ def extract(clips: Sequence[SourceClip], cfg: Mapping, cache_dir: str | os.PathL
     part = f" (shards {shard_index} of {num_shards})" if num_shards > 1 else ""
     log(f"{len(paths)} to extract, {total - len(paths)} cached{part}")
 
-    results = _results(paths, cfg, workers, device, batch_size, compute_in)
+    computer = _Computer(cfg, workers, device, batch_size, compute_in) if paths else None
     bar = progress(total=len(paths), desc="extract", unit="file")
     opened: dict[Path, np.ndarray] = {}
     skipped: list[dict] = []
@@ -472,29 +531,35 @@ def extract(clips: Sequence[SourceClip], cfg: Mapping, cache_dir: str | os.PathL
         for shard, shard_jobs in zip(todo, jobs):
             writer = _ShardWriter(cache_dir, shard, shape, dtype, cfg_hash)
             try:
+                compute = []
                 for offset, src in shard_jobs:
-                    if src is not None:
-                        npy, row = src
-                        if npy not in opened:
-                            opened[npy] = np.load(npy, mmap_mode="r")
-                        writer.put(offset, opened[npy][row])
+                    if src is None:
+                        compute.append(offset)
                         continue
-                    ok, value = next(results)
-                    bar.update(1)
-                    if ok:
-                        writer.put(offset, value)
-                    elif skip_bad:
-                        writer.skip(offset, value)
-                        skipped.append(writer.skipped[-1])
-                    else:
-                        raise DataError(f"{value} (or pass --skip-bad to leave it out)")
+                    npy, row = src
+                    if npy not in opened:
+                        opened[npy] = np.load(npy, mmap_mode="r")
+                    writer.put(offset, opened[npy][row])
+                if compute:
+                    results = computer.run([(shard.clips[o].path, o) for o in compute], writer.target)
+                    for offset, (ok, value) in zip(compute, results):
+                        bar.update(1)
+                        if ok:
+                            if value is not None:
+                                writer.put(offset, value)
+                        elif skip_bad:
+                            writer.skip(offset, value)
+                            skipped.append(writer.skipped[-1])
+                        else:
+                            raise DataError(f"{value} (or pass --skip-bad to leave it out)")
                 writer.commit()
             except BaseException:
                 writer.abort()
                 raise
     finally:
         bar.close()
-        results.close()
+        if computer is not None:
+            computer.close()
         opened.clear()
     for item in skipped:
         log(f"skipped {item['file']}: {item['reason']}")
