@@ -19,6 +19,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -81,6 +82,9 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=80, help="clips to extract (first by id)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--passes", type=int, default=1,
+                    help="process the clip list this many times per run (steady state: start-up costs of "
+                         "worker pools spread over more clips)")
     args = ap.parse_args()
 
     from asc.data.tau2020 import load_tau2020
@@ -99,10 +103,11 @@ def main() -> int:
             print(f"building a synthetic set in {data} ...", file=sys.stderr)
             synthesize(data, preset="tiny", seed=0, duration=10.0)
         clips = clips_from_dataset(load_tau2020(data))[: args.clips]
+        seconds = [decode_only(c.path) / 44100 for c in clips]  # also warms the page cache
+        clips = [dataclasses.replace(c, id=f"{c.id}-{k}") for k in range(args.passes) for c in clips]
         paths = [c.path for c in clips]
         cfg = load_feature_config(FEATURES)
         n = len(paths)
-        seconds = [decode_only(p) / 44100 for p in paths]  # also warms the page cache
         librosa_per_file(paths[0])  # numba/librosa warm-up
 
         def ours(workers: int, compute_in: str = "auto"):
@@ -131,8 +136,10 @@ def main() -> int:
         rows = [(name, n / best[name]) for name, _ in methods]
 
         load = os.getloadavg()
-        print(f"{n} clips of {np.mean(seconds):.1f} s, features {FEATURES.name}, best of {args.repeats}, "
-              f"{os.cpu_count()} cores, 1-min load average {load_before:.2f} before, {load[0]:.2f} after")
+        passes = f" ({n // args.passes} files x {args.passes} passes)" if args.passes > 1 else ""
+        print(f"{n} clips{passes} of {np.mean(seconds):.1f} s, features {FEATURES.name}, "
+              f"best of {args.repeats}, {os.cpu_count()} cores, "
+              f"1-min load average {load_before:.2f} before, {load[0]:.2f} after")
         dec1 = rows[0][1]
         lib1 = rows[2][1]
         print(f"{'method':58s} {'files/s':>8s} {'x librosa(1)':>13s} {'x decode(1)':>12s}")
