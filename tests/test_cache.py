@@ -186,7 +186,7 @@ def test_new_and_changed_audio_are_extracted_incrementally(data, tmp_path):
     assert_same(snapshot(result2.cache_dir), snapshot(fresh.cache_dir))
 
 
-def _slow_extract_cmd(data: Path, out: Path, delay: float) -> list[str]:
+def _slow_extract_cmd(data: Path, out: Path, delay: float, workers: int = 1) -> list[str]:
     """`asc extract` in a subprocess whose audio loader sleeps, so it can be killed mid-run."""
     code = (
         "import sys, time\n"
@@ -200,13 +200,28 @@ def _slow_extract_cmd(data: Path, out: Path, delay: float) -> list[str]:
     cfg = out.parent / "small.yaml"
     cfg.write_text("duration: 0.5\nstorage:\n  shard_size: 3\n")
     return [sys.executable, "-c", code, "extract", "--data", str(data), "--features", str(cfg),
-            "--out", str(out), "--workers", "1"]
+            "--out", str(out), "--workers", str(workers)]
 
 
-@pytest.mark.parametrize("kill_after_shards", [0, 1])
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(data, tmp_path, kill_after_shards):
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("kill_after_shards, workers", [(0, 1), (1, 2)])
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(data, tmp_path, kill_after_shards, workers):
     out = tmp_path / "killed"
-    cmd = _slow_extract_cmd(data, out, delay=0.15)
+    cmd = _slow_extract_cmd(data, out, delay=0.15 * workers, workers=workers)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     try:
@@ -218,11 +233,18 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(data, tmp_path, kill_a
             time.sleep(0.01)
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.1)  # inside the loader of some clip of the current shard
+        workers_pids = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+    if workers > 1 and sys.platform.startswith("linux"):
+        assert len(workers_pids) == workers
+        deadline = time.time() + 10
+        while any(_alive(p) for p in workers_pids) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers_pids), "pool workers outlived the killed run"
     cache_dir = next(out.glob("small-*"))
     assert not (cache_dir / "manifest.json").exists()
     assert len(list(cache_dir.glob("shard-*.npy"))) == kill_after_shards
