@@ -213,19 +213,6 @@ def draft_manifest(cfg: Mapping, name: str, shards: Sequence[Shard], *, dataset_
 # ------------------------------------------------------------------------------------ shard writing
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write, readable like the shards (the temp file starts private)."""
-    atomic_write_json(path, obj)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -275,14 +262,13 @@ class _ShardWriter:
         os.fsync(self.fd)  # also the rows that workers wrote through their own descriptors
         os.close(self.fd)
         self.fd = -1
-        _write_json(self.shard.sidecar(self.cache_dir), {
+        atomic_write_json(self.shard.sidecar(self.cache_dir), {
             "format": FORMAT_VERSION, "config_hash": self.cfg_hash, "dtype": self.dtype,
             "shape": list(self.shape),
             "clips": [{"id": c.id, "file": c.file, "size": c.size, "mtime_ns": c.mtime_ns}
                       for c in self.shard.clips],
             "skipped": self.skipped,
         })
-        os.chmod(self.tmp, 0o644 & ~_umask())
         os.replace(self.tmp, self.shard.npy(self.cache_dir))
         _fsync_dir(self.cache_dir)
 
@@ -566,7 +552,7 @@ def extract(clips: Sequence[SourceClip], cfg: Mapping, cache_dir: str | os.PathL
 
     result = ExtractResult(cache_dir, len(paths), total - len(paths), skipped)
     if num_shards > 1:
-        _write_json(cache_dir / PARTS_DIR / f"part-{shard_index}-of-{num_shards}.json",
+        atomic_write_json(cache_dir / PARTS_DIR / f"part-{shard_index}-of-{num_shards}.json",
                           {"part": shard_index, "num_parts": num_shards, "draft": draft})
     missing = finalize(cache_dir, draft)
     result.complete = not missing
@@ -605,7 +591,7 @@ def finalize(cache_dir: Path, draft: Mapping) -> list[str]:
         old = json.loads(path.read_text(encoding="utf-8"))
     if old is None or {k: v for k, v in old.items() if k != "created"} != manifest:
         manifest["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        _write_json(path, manifest)
+        atomic_write_json(path, manifest)
     _collect_garbage(cache_dir, {s["file"] for s in draft["shards"]})
     return []
 
