@@ -3,8 +3,8 @@ decode-only bound, on the same synthetic 10-s clips and cores. Prints files/s si
 
     .venv/bin/python scripts/bench_extract.py --clips 80 --repeats 3
 
-The synthetic set is built with asc.data.synth (as `asc data synth --preset tiny --duration 10`) in
-a temp folder unless --data names an existing TAU-format folder. Every method runs warm (files in
+The synthetic set is built with `asc data synth --preset tiny --duration 10 --seed 0` in a temp
+folder unless --data names an existing TAU-format folder. Every method runs warm (files in
 the page cache, librosa/numba compiled, torch imported) and the best of --repeats runs is reported;
 ours is timed end to end through asc.features.cache.extract (planning, shards, manifest) into a
 fresh cache each time. Every process runs one thread (OMP/BLAS limits set below, torch in our
@@ -97,11 +97,13 @@ def main() -> int:
         if args.data:
             data = Path(args.data)
         else:
-            from asc.data.synth import synthesize
+            import subprocess
 
             data = tmp / "synth"
             print(f"building a synthetic set in {data} ...", file=sys.stderr)
-            synthesize(data, preset="tiny", seed=0, duration=10.0)
+            synth = ["data", "synth", "--out", str(data), "--preset", "tiny", "--duration", "10",
+                     "--seed", "0"]
+            subprocess.run([sys.executable, "-m", "asc", *synth], check=True, stdout=subprocess.DEVNULL)
         clips = clips_from_dataset(load_tau2020(data))[: args.clips]
         seconds = [decode_only(c.path) / 44100 for c in clips]  # also warms the page cache
         clips = [dataclasses.replace(c, id=f"{c.id}-{k}") for k in range(args.passes) for c in clips]
