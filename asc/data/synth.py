@@ -760,7 +760,7 @@ DEVICE_MODELS: dict[str, DeviceModel] = {
     "a": DeviceModel(highpass=15, lowpass=20000, order=2, noise_db=-90),
     # b, c: phones: band-limited (steep codec low-pass), presence peaks, AGC and compression, noise floor
     "b": DeviceModel(highpass=160, lowpass=11000, order=5, peaks=((2800, 5, 0.6), (800, -3, 0.8)),
-                     gain_db=4, agc=0.4, comp_threshold_db=-30, comp_ratio=2.5, noise_db=-68, noise_tilt=-1),
+                     gain_db=4, agc=0.3, comp_threshold_db=-30, comp_ratio=2, noise_db=-70, noise_tilt=-1),
     "c": DeviceModel(highpass=90, lowpass=15000, order=4, peaks=((5000, 4, 0.5), (180, 3, 0.7)),
                      gain_db=2, agc=0.3, comp_threshold_db=-26, comp_ratio=2, noise_db=-74, noise_tilt=-2),
     # s1-s6: simulated devices (device-a recordings through other responses)
