@@ -16,88 +16,17 @@ from asc.cli import main
 from asc.data.tau2020 import DEVICES, SCENES
 from asc.errors import AscError
 
-SR = 8000
-FEATURES = {  # small, fast features of 1-s clips: 3 x 32 x 55
-    "sample_rate": SR,
-    "duration": 1.0,
-    "n_fft": 256,
-    "hop_length": 128,
-    "n_mels": 32,
-    "fmax": 4000.0,
-    "deltas": True,
-    "storage": {"dtype": "float32", "shard_size": 32},
-}
-TRAIN_DEVICES = ("a", "a", "b")
-EVAL_DEVICES = ("a", "b", "s1", "s4")
-NOISE = {"a": 0.05, "b": 0.1, "s1": 0.4, "s4": 1.5}  # noisier devices are harder to classify
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tiny models run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _write_tau_folder(root):
-    """A TAU 2020 Mobile-shaped folder: 30 train clips (a, a, b) and 40 evaluate clips (a, b, s1, s4)."""
-    rng = np.random.default_rng(0)
-    (root / "audio").mkdir(parents=True)
-    (root / "evaluation_setup").mkdir()
-    meta, train, evaluate = [], [], []
-    for k, scene in enumerate(SCENES):
-        for split, devices, city in (
-            ("train", TRAIN_DEVICES, "lisbon"),
-            ("evaluate", EVAL_DEVICES, "prague"),
-        ):
-            for j, device in enumerate(devices):
-                name = f"audio/{scene}-{city}-{100 + k}-{j}-{device}.wav"
-                t = np.arange(SR) / SR
-                noise = NOISE[device] * rng.standard_normal(SR)
-                wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * k) * t) + noise
-                sf.write(root / name, wave.astype(np.float32), SR, subtype="PCM_16")
-                meta.append(f"{name}\t{scene}\t{city}-{100 + k}\t{device}")
-                (train if split == "train" else evaluate).append(f"{name}\t{scene}")
-    (root / "meta.csv").write_text(
-        "filename\tscene_label\tidentifier\tsource_label\n" + "\n".join(meta) + "\n"
-    )
-    fold = root / "evaluation_setup"
-    (fold / "fold1_train.csv").write_text("filename\tscene_label\n" + "\n".join(train) + "\n")
-    (fold / "fold1_evaluate.csv").write_text("filename\tscene_label\n" + "\n".join(evaluate) + "\n")
-    (fold / "fold1_test.csv").write_text("filename\n" + "\n".join(r.split("\t")[0] for r in evaluate) + "\n")
-    (root / "SYNTHETIC.json").write_text(json.dumps({"generator": "test fixture"}))
+from .tiny_tau import FEATURES, SR, make_feature_cache, run_extract
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from asc.features.cache import cache_path
     from asc.models import create_model
     from asc.train.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("evaluate")
-    data = base / "tau"
-    _write_tau_folder(data)
-    features = base / "tiny_logmel.yaml"
-    features.write_text(yaml.safe_dump(FEATURES))
-    assert (
-        main(
-            [
-                "extract",
-                "--data",
-                str(data),
-                "--features",
-                str(features),
-                "--out",
-                str(base / "cache"),
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    cache_dir = cache_path(base / "cache", features)
+    paths = make_feature_cache(base)
+    features, cache_dir = paths["features"], paths["cache_dir"]
     assert (cache_dir / "manifest.json").is_file()
 
     run = base / "runs" / "fcnn-l2bn"
@@ -333,22 +262,7 @@ def test_official_evaluation_set_gets_predictions_only(tiny_run, capsys):
         sf.write(root / name, (0.1 * rng.standard_normal(SR)).astype(np.float32), SR, subtype="PCM_16")
     (root / "evaluation_setup" / "fold1_test.csv").write_text("filename\n" + "\n".join(names) + "\n")
     features = tiny_run["features"]
-    assert (
-        main(
-            [
-                "extract",
-                "--data",
-                str(root),
-                "--features",
-                str(features),
-                "--out",
-                str(base / "cache-eval"),
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    run_extract(root, features, base / "cache-eval")
     cache_dir = cache_path(base / "cache-eval", features)
     run = tiny_run["run"]
     assert main(["evaluate", str(run), "--cache", str(cache_dir), "--split", "test", "--device", "cpu"]) == 0
@@ -366,22 +280,7 @@ def test_official_evaluation_set_gets_predictions_only(tiny_run, capsys):
     # a cache of other features is refused
     other = base / "other_logmel.yaml"
     other.write_text(yaml.safe_dump({**FEATURES, "n_mels": 16}))
-    assert (
-        main(
-            [
-                "extract",
-                "--data",
-                str(root),
-                "--features",
-                str(other),
-                "--out",
-                str(base / "cache-eval"),
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    run_extract(root, other, base / "cache-eval")
     capsys.readouterr()
     other_dir = cache_path(base / "cache-eval", other)
     assert main(["evaluate", str(run), "--cache", str(other_dir), "--split", "test", "--device", "cpu"]) == 2

@@ -57,16 +57,20 @@ def write_tau_folder(root: Path, train_devices=("a", "a", "b"), eval_devices=("a
     return root
 
 
+def run_extract(data: Path, features: Path, cache: Path) -> None:
+    from asc.cli import main
+
+    assert main(["extract", "--data", str(data), "--features", str(features), "--out", str(cache),
+                 "--workers", "1"]) == 0
+
+
 def make_feature_cache(base: Path, **folder_kw) -> dict:
     """Write the folder and extract it; returns paths (data, features, cache root, cache dir)."""
-    from asc.cli import main
     from asc.features.cache import cache_path
 
     data = write_tau_folder(base / "tau", **folder_kw)
     features = base / "tiny_logmel.yaml"
     features.write_text(yaml.safe_dump(FEATURES))
     cache = base / "cache"
-    rc = main(["extract", "--data", str(data), "--features", str(features), "--out", str(cache),
-               "--workers", "1"])
-    assert rc == 0
+    run_extract(data, features, cache)
     return {"data": data, "features": features, "cache": cache, "cache_dir": cache_path(cache, features)}
