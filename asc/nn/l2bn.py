@@ -216,7 +216,12 @@ def _l2bn_train_composite(x, weight, bias, l2_eps, eps):
 class _L2BatchNormMixin:
     """Shared forward for the 1-D and 2-D classes; only the input check differs."""
 
-    l2_eps: float = L2_EPS
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,
+                 device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.l2_eps = l2_eps
+        _kernels.available()  # build/load the native passes now, outside any torch.compile region
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's own argument name
         self._check_input_dim(input)
@@ -245,31 +250,10 @@ class _L2BatchNormMixin:
 class L2BatchNorm1d(_L2BatchNormMixin, nn.BatchNorm1d):
     """L2BN for (N, C) or (N, C, L) input; the norm runs over C (or C·L). State dict as BatchNorm1d."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,
-                 device=None, dtype=None) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.l2_eps = l2_eps
-        _kernels.available()  # build/load the native passes now, outside any torch.compile region
-
 
 class L2BatchNorm2d(_L2BatchNormMixin, nn.BatchNorm2d):
     """L2BN for (N, C, H, W) input; the norm runs over the whole C·H·W map. State dict as BatchNorm2d."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,
-                 device=None, dtype=None) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.l2_eps = l2_eps
-        _kernels.available()  # build/load the native passes now, outside any torch.compile region
-
 
 class L2BatchNorm3d(_L2BatchNormMixin, nn.BatchNorm3d):
     """L2BN for (N, C, D, H, W) input; the norm runs over C·D·H·W. State dict as BatchNorm3d."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,
-                 device=None, dtype=None) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.l2_eps = l2_eps
-        _kernels.available()  # build/load the native passes now, outside any torch.compile region
