@@ -106,7 +106,8 @@ fi
 
 if in_stage 1; then
   log "stage 1: extract features ($features) into $cache"
-  asc extract --data "$data" --features "$features" --out "$cache" --workers "$nj" --device "$extract_device"
+  asc extract --data "$data" --features "$features" --out "$cache" --workers "$nj" --device "$extract_device" \
+    --splits train,evaluate
 fi
 
 run_dirs=()
