@@ -27,6 +27,7 @@ data=""
 preset=small
 exp=""
 tag=""
+synth=""
 overrides=()
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
@@ -40,6 +41,7 @@ Options (default):
   --gpus N                     processes per node via torchrun ($gpus)
   --data DIR                   the cifar-100-python folder (or its parent)
   --preset tiny|small          size of the synthetic set when no data is given ($preset)
+  --synth DIR                  where to build it (data/cifar100_synth_<preset>)
   --set KEY=VALUE              recipe override for every run (repeatable)
   --tag NAME                   suffix of the run names, to keep ablations apart
   --exp DIR                    experiment folder (exp/cifar100_<profile>)
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
     --gpus) gpus=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --preset) preset=$2; shift 2 ;;
+    --synth) synth=$2; shift 2 ;;
     --set) overrides+=(--set "$2"); shift 2 ;;
     --tag) tag=_$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
@@ -77,11 +80,16 @@ asc() { "$py" -m asc "$@"; }
 eval_device=()
 [ "$device" = auto ] || eval_device=(--device "$device")
 
-data=${data:-data/cifar100_synth_${preset}}
+given_data=$data
+data=${data:-${synth:-data/cifar100_synth_${preset}}}
 
 if in_stage 0; then
   if [ -f "$data/cifar-100-python/meta" ] || [ -f "$data/meta" ]; then
     log "stage 0: using CIFAR-100 in $data"
+  elif [ -n "$given_data" ]; then
+    echo "run_cifar.sh: --data $given_data: no CIFAR-100 there; give the cifar-100-python folder" \
+         "(with train, test, meta) or its parent" >&2
+    exit 2
   else
     log "stage 0: build a synthetic CIFAR-100 ($preset) in $data"
     asc data synth-cifar --out "$data" --preset "$preset"

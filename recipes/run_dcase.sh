@@ -30,6 +30,8 @@ features=features/logmel128_deltas.yaml
 cache=cache
 exp=""
 nj=2
+synth=""
+overrides=()
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
 Options (default):
@@ -43,6 +45,8 @@ Options (default):
   --data DIR                   an existing TAU 2020 Mobile development folder
   --download DIR               download the dataset into DIR first (stage 0)
   --preset tiny|small|full     size of the synthetic set when no data is given ($preset)
+  --synth DIR                  where to build it (data/synth_<preset>_seed<seed>)
+  --set KEY=VALUE              recipe override for every run, e.g. train.epochs=10 (repeatable)
   --features YAML              feature config ($features)
   --cache DIR                  feature cache root ($cache)
   --exp DIR                    experiment folder (exp/dcase2020_<profile>)
@@ -63,6 +67,8 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --download) download=$2; shift 2 ;;
     --preset) preset=$2; shift 2 ;;
+    --synth) synth=$2; shift 2 ;;
+    --set) overrides+=(--set "$2"); shift 2 ;;
     --features) features=$2; shift 2 ;;
     --cache) cache=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
@@ -81,10 +87,11 @@ in_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 py=$(bash scripts/setup.sh)
 asc() { "$py" -m asc "$@"; }
 
+given_data=$data
 if [ -n "$download" ]; then
   data=$download
 elif [ -z "$data" ]; then
-  data=data/synth_${preset}_seed${synth_seed}
+  data=${synth:-data/synth_${preset}_seed${synth_seed}}
 fi
 extract_device=$device
 [ "$extract_device" = auto ] && extract_device=cpu
@@ -96,6 +103,11 @@ if in_stage 0; then
     log "stage 0: download TAU Urban Acoustic Scenes 2020 Mobile into $data"
     asc data download --to "$data"
   elif [ ! -f "$data/meta.csv" ] && [ ! -f "$data/evaluation_setup/fold1_test.csv" ]; then
+    if [ -n "$given_data" ]; then
+      echo "run_dcase.sh: --data $given_data: no meta.csv or evaluation_setup/ there; give the folder" \
+           "that holds audio/, meta.csv and evaluation_setup/ (or --download DIR to fetch it)" >&2
+      exit 2
+    fi
     log "stage 0: build the synthetic TAU-format set ($preset) in $data"
     asc data synth --out "$data" --preset "$preset" --seed "$synth_seed" --workers "$nj"
   else
@@ -130,7 +142,7 @@ if in_stage 2; then
           continue
         fi
         args=(train --recipe "recipes/dcase2020/$model.yaml" --profile "$profile" --norm "$norm"
-              --seed "$seed" --out "$dir" --device "$device" --set "data.cache=$cache")
+              --seed "$seed" --out "$dir" --device "$device" --set "data.cache=$cache" "${overrides[@]}")
         [ -d "$dir" ] && args+=(--resume)
         log "  $dir"
         if [ "$gpus" -gt 1 ]; then
