@@ -22,8 +22,14 @@ echo "[setup] creating $root/.venv and installing asc-l2bn (first run only)" >&2
 base=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$base" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${pip[@]}" install "${TORCH_SPEC:-torch==2.14.1}" "${TORCHAUDIO_SPEC:-torchaudio==2.11.0}" >&2
-"${pip[@]}" install -e ".[dev]" >&2
+log=.venv/setup.log
+echo "[setup] torch, torchaudio and the package's dependencies (log: $log)" >&2
+if ! { "${pip[@]}" install "${TORCH_SPEC:-torch==2.14.1}" "${TORCHAUDIO_SPEC:-torchaudio==2.11.0}" &&
+       "${pip[@]}" install -e ".[dev]"; } >"$log" 2>&1; then
+  tail -n 30 "$log" >&2
+  echo "[setup] installation failed; the full pip output is in $log" >&2
+  exit 1
+fi
 works .venv/bin/python || { echo "[setup] .venv was built but cannot import asc; see the pip output above" >&2; exit 1; }
 echo "[setup] done" >&2
 echo "$root/.venv/bin/python"
