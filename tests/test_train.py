@@ -35,7 +35,8 @@ def tiny(tmp_path_factory):
         "norm": "l2bn",
         "seed": 3,
         "data": {"cache": str(paths["cache"]), "num_workers": 0},
-        "train": {"epochs": 6, "batch_size": 8, "lr": 0.1, "min_lr": 1e-4, "eval_batch_size": 16},
+        "train": {"epochs": 6, "batch_size": 8, "lr": 0.1, "min_lr": 1e-4, "eval_batch_size": 16,
+                  "angles_every": 3},
         "augment": {"crop_frames": 48, "mixup_alpha": 0.4, "freq_masks": 1, "freq_mask_width": 5,
                     "time_masks": 1, "time_mask_width": 8},
     }
@@ -58,6 +59,7 @@ def _metrics(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
         r.pop("time_s")
+        r.pop("train_s")
     return rows
 
 
@@ -78,6 +80,8 @@ def test_run_directory_and_learning(tiny):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.2
     assert max(r["val_acc"] for r in rows) > 0.25  # 10 tones: chance is 0.1
+    assert [r["epoch"] for r in rows if "angles" in r] == [3, 6]
+    assert set(rows[-1]["angles"]) == {"intra_train", "intra_test", "inter", "iir_train", "iir_test"}
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
     assert ckpt["epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
     model = model_from_checkpoint(ckpt)

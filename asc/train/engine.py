@@ -217,7 +217,7 @@ class Trainer:
         for epoch in range(start_epoch, tr["epochs"]):
             t0 = time.perf_counter()
             train_stats = self._train_epoch(train_model, optimizer, task, epoch, steps)
-            record = {"epoch": epoch + 1, **train_stats}
+            record = {"epoch": epoch + 1, **train_stats, "train_s": round(time.perf_counter() - t0, 3)}
             last = epoch + 1 == tr["epochs"]
             if ctx.main and ((epoch + 1) % tr["eval_every"] == 0 or last):
                 record.update(self._evaluate(model, task))
@@ -384,12 +384,13 @@ class Trainer:
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def _log_epoch(self, r: dict, best: dict, steps: int, writer) -> None:
-        rate = steps * self.recipe["train"]["batch_size"] / r["time_s"] if r["time_s"] else float("nan")
+        rate = steps * self.recipe["train"]["batch_size"] / r["train_s"] if r["train_s"] else float("nan")
         val = f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if "val_acc" in r else ""
         angles = f"  IIR {r['angles']['iir_train']:.3f}" if r.get("angles") else ""
         print(f"epoch {r['epoch']}/{self.recipe['train']['epochs']}  lr {r['lr']:.2e}  "
               f"train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}{val}{angles}  "
-              f"best {best['val_acc']:.4f}@{best['epoch']}  {r['time_s']:.1f}s ({rate:.0f} samples/s)",
+              f"best {best['val_acc']:.4f}@{best['epoch']}  {r['time_s']:.1f}s "
+              f"(training {rate:.0f} samples/s)",
               flush=True)
         if writer is not None:
             for k, v in r.items():
