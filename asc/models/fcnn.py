@@ -93,6 +93,8 @@ class AttentionPool(nn.Module):
                                  nn.Linear(hidden, channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        # pooled in float32: under bf16 autocast, inductor's max-pool gradient turned NaN (CPU, torch 2.14)
+        x = x.float()
         avg = x.mean(dim=(2, 3))
         peak = x.amax(dim=(2, 3))
         both = self.mlp(torch.cat((avg, peak), dim=0))

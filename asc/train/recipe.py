@@ -56,8 +56,8 @@ SCHEMA: dict[str, Any] = {
         "label_smoothing": Field(float, 0.0, min=0.0, max=1.0),
         "micro_batches": Field(int, 1, min=1),
         "grad_clip": Field(float, None, nullable=True, min=0.0, min_exclusive=True),
-        "amp": Field(str, "auto", choices=("auto", "bf16", "fp16", "off")),
-        "channels_last": Field(str, "auto", choices=("auto", "on", "off")),
+        "amp": Field((str, bool), "auto", choices=("auto", "bf16", "fp16", "off", False)),
+        "channels_last": Field((str, bool), "auto", choices=("auto", "on", "off", True, False)),
         "compile": Field(bool, False),
         "eval_every": Field(int, 1, min=1),
         "angles_every": Field(int, 0, min=0),
@@ -114,6 +114,11 @@ def load_recipe(path: str | os.PathLike, *, profile: str | None = None, override
     if seed is not None:
         raw["seed"] = seed
     cfg = validate(raw, SCHEMA, source=str(path))
+    # YAML reads on/off as booleans: keep one spelling
+    tr = cfg["train"]
+    tr["amp"] = "off" if tr["amp"] is False else tr["amp"]
+    if isinstance(tr["channels_last"], bool):
+        tr["channels_last"] = "on" if tr["channels_last"] else "off"
     return resolve(cfg, path.parent)
 
 
