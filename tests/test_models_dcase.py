@@ -312,7 +312,7 @@ def test_compiled_training_step_under_bf16_autocast_has_finite_gradients():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.isfinite(grads[1]).all()
     # bf16 rounding differs between the two; the gradient direction must not
-    assert torch.nn.functional.cosine_similarity(grads[1], grads[0], dim=0) > 0.99
+    assert torch.nn.functional.cosine_similarity(grads[1], grads[0], dim=0) > 0.95
 
 
 def test_keras_he_normal_statistics():
