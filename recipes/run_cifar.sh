@@ -72,13 +72,11 @@ done
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 exp=${exp:-exp/cifar100_${profile}}
-log() { printf '%s [run_cifar] %s\n' "$(date '+%H:%M:%S')" "$*"; }
-in_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 
 py=$(bash scripts/setup.sh)
-asc() { "$py" -m asc "$@"; }
-eval_device=()
-[ "$device" = auto ] || eval_device=(--device "$device")
+script=run_cifar
+# shellcheck source=recipes/stages.sh
+source recipes/stages.sh
 
 given_data=$data
 data=${data:-${synth:-data/cifar100_synth_${preset}}}
@@ -110,20 +108,8 @@ if in_stage 1; then
   for model in $models; do
     for norm in $norms; do
       for seed in $seeds; do
-        dir=$exp/${model}_${profile}_${norm}${tag}_seed${seed}
-        if [ -f "$dir/COMPLETED" ]; then
-          log "  $dir: complete, skipped"
-          continue
-        fi
-        args=(train --recipe "recipes/cifar100/$model.yaml" --profile "$profile" --norm "$norm"
-              --seed "$seed" --out "$dir" --device "$device" --set "data.root=$data" "${overrides[@]}")
-        [ -d "$dir" ] && args+=(--resume)
-        log "  $dir"
-        if [ "$gpus" -gt 1 ]; then
-          "$py" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m asc "${args[@]}"
-        else
-          asc "${args[@]}"
-        fi
+        train_run "$exp/${model}_${profile}_${norm}${tag}_seed${seed}" --recipe "recipes/cifar100/$model.yaml" \
+          --profile "$profile" --norm "$norm" --seed "$seed" --set "data.root=$data" "${overrides[@]}"
       done
     done
   done
@@ -131,13 +117,7 @@ fi
 
 if in_stage 2; then
   log "stage 2: evaluate ${#run_dirs[@]} run(s)"
-  for dir in "${run_dirs[@]}"; do
-    if [ -f "$dir/report/report.json" ] && [ "$dir/report/report.json" -nt "$dir/checkpoints/best.pt" ]; then
-      log "  $dir: report up to date, skipped"
-      continue
-    fi
-    asc evaluate "$dir" "${eval_device[@]}"
-  done
+  evaluate_runs "${run_dirs[@]}"
 fi
 
 if in_stage 3; then

@@ -81,11 +81,11 @@ done
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 exp=${exp:-exp/dcase2020_${profile}}
-log() { printf '%s [run_dcase] %s\n' "$(date '+%H:%M:%S')" "$*"; }
-in_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 
 py=$(bash scripts/setup.sh)
-asc() { "$py" -m asc "$@"; }
+script=run_dcase
+# shellcheck source=recipes/stages.sh
+source recipes/stages.sh
 
 given_data=$data
 if [ -n "$download" ]; then
@@ -95,8 +95,6 @@ elif [ -z "$data" ]; then
 fi
 extract_device=$device
 [ "$extract_device" = auto ] && extract_device=cpu
-eval_device=()
-[ "$device" = auto ] || eval_device=(--device "$device")
 
 if in_stage 0; then
   if [ -n "$download" ]; then
@@ -136,20 +134,8 @@ if in_stage 2; then
   for model in $models; do
     for norm in $norms; do
       for seed in $seeds; do
-        dir=$exp/${model}_${profile}_${norm}_seed${seed}
-        if [ -f "$dir/COMPLETED" ]; then
-          log "  $dir: complete, skipped"
-          continue
-        fi
-        args=(train --recipe "recipes/dcase2020/$model.yaml" --profile "$profile" --norm "$norm"
-              --seed "$seed" --out "$dir" --device "$device" --set "data.cache=$cache" "${overrides[@]}")
-        [ -d "$dir" ] && args+=(--resume)
-        log "  $dir"
-        if [ "$gpus" -gt 1 ]; then
-          "$py" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m asc "${args[@]}"
-        else
-          asc "${args[@]}"
-        fi
+        train_run "$exp/${model}_${profile}_${norm}_seed${seed}" --recipe "recipes/dcase2020/$model.yaml" \
+          --profile "$profile" --norm "$norm" --seed "$seed" --set "data.cache=$cache" "${overrides[@]}"
       done
     done
   done
@@ -157,13 +143,7 @@ fi
 
 if in_stage 3; then
   log "stage 3: evaluate ${#run_dirs[@]} run(s)"
-  for dir in "${run_dirs[@]}"; do
-    if [ -f "$dir/report/report.json" ] && [ "$dir/report/report.json" -nt "$dir/checkpoints/best.pt" ]; then
-      log "  $dir: report up to date, skipped"
-      continue
-    fi
-    asc evaluate "$dir" "${eval_device[@]}"
-  done
+  evaluate_runs "${run_dirs[@]}"
 fi
 
 if in_stage 4; then
