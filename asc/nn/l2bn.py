@@ -130,7 +130,12 @@ def _grad_sums(dy: Tensor, x: Tensor, mean_ic: Tensor) -> tuple[Tensor, Tensor]:
     dims = tuple(range(2, x.dim()))
     if not dims:
         return dy.clone(), dy * (x - mean_ic.to(x.dtype))
-    t1 = dy.sum(dims, dtype=torch.float32 if dy.dtype in _LOW_PRECISION else None)
+    t1 = dy.sum(dims)
+    if x.is_contiguous() and dy.is_contiguous():
+        # Σ dy·x per row as a batched dot product: one read of each tensor, no temporaries
+        rows = x.shape[0] * x.shape[1]
+        dot = torch.bmm(dy.reshape(rows, 1, -1), x.reshape(rows, -1, 1)).reshape(x.shape[:2])
+        return t1, dot - mean_ic.to(dot.dtype) * t1
     tc = (dy * (x - _expand(mean_ic.to(x.dtype), x))).sum(dims)
     return t1, tc
 
