@@ -165,6 +165,8 @@ class Trainer:
                 if diff:
                     raise AscError(f"{saved_recipe}: the recipe differs from the run being resumed at "
                                    f"{diff}; resume with the same recipe and options or use a new --out")
+        if self.ctx.enabled:
+            dist.barrier()  # every rank has checked the folder before the first one writes to it
         if self.ctx.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "recipe.yaml", dump_yaml(self.recipe))
