@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
         "task": "dcase",
         "features": str(paths["features"]),
         "model": str(ROOT / "models/fcnn.yaml"),
-        "model_params": {"width_mult": 0.06},
+        "model_params": {"width_mult": 0.06, "norm_momentum": 0.1},
         "norm": "l2bn",
         "seed": 3,
         "data": {"cache": str(paths["cache"]), "num_workers": 0},
