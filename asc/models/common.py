@@ -8,6 +8,7 @@ padding with stride 2 puts the odd padding element on the right, where PyTorch p
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -146,7 +147,7 @@ def init_keras_style(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class EmbeddingClassifier(nn.Module):
+class EmbeddingClassifier(nn.Module, metaclass=abc.ABCMeta):
     """Base of the DCASE models: `forward_features` gives the feature map fed to the final classification
     layer (the last 1x1 conv to classes), `forward_head` maps it to logits.
 
@@ -156,11 +157,13 @@ class EmbeddingClassifier(nn.Module):
 
     embed_dim: int
 
+    @abc.abstractmethod
     def forward_features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The feature map fed to the final classification layer, (B, D, F', T')."""
 
+    @abc.abstractmethod
     def forward_head(self, features: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Logits (B, num_classes) from `forward_features`' output."""
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, num_classes) for input (B, C, F, T) of any time length."""
