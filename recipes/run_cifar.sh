@@ -95,23 +95,22 @@ if in_stage 0; then
 fi
 
 run_dirs=()
+run_specs=()   # "model norm seed" of each run, in the order of run_dirs
 for model in $models; do
   for norm in $norms; do
     for seed in $seeds; do
       run_dirs+=("$exp/${model}_${profile}_${norm}${tag}_seed${seed}")
+      run_specs+=("$model $norm $seed")
     done
   done
 done
 
 if in_stage 1; then
   log "stage 1: train ${#run_dirs[@]} run(s): models [$models] x norms [$norms] x seeds [$seeds]"
-  for model in $models; do
-    for norm in $norms; do
-      for seed in $seeds; do
-        train_run "$exp/${model}_${profile}_${norm}${tag}_seed${seed}" --recipe "recipes/cifar100/$model.yaml" \
-          --profile "$profile" --norm "$norm" --seed "$seed" --set "data.root=$data" "${overrides[@]}"
-      done
-    done
+  for i in "${!run_dirs[@]}"; do
+    read -r model norm seed <<<"${run_specs[$i]}"
+    train_run "${run_dirs[$i]}" --recipe "recipes/cifar100/$model.yaml" --profile "$profile" --norm "$norm" \
+      --seed "$seed" --set "data.root=$data" "${overrides[@]}"
   done
 fi
 

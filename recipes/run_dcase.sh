@@ -121,23 +121,22 @@ if in_stage 1; then
 fi
 
 run_dirs=()
+run_specs=()   # "model norm seed" of each run, in the order of run_dirs
 for model in $models; do
   for norm in $norms; do
     for seed in $seeds; do
       run_dirs+=("$exp/${model}_${profile}_${norm}_seed${seed}")
+      run_specs+=("$model $norm $seed")
     done
   done
 done
 
 if in_stage 2; then
   log "stage 2: train ${#run_dirs[@]} run(s): models [$models] x norms [$norms] x seeds [$seeds], profile $profile"
-  for model in $models; do
-    for norm in $norms; do
-      for seed in $seeds; do
-        train_run "$exp/${model}_${profile}_${norm}_seed${seed}" --recipe "recipes/dcase2020/$model.yaml" \
-          --profile "$profile" --norm "$norm" --seed "$seed" --set "data.cache=$cache" "${overrides[@]}"
-      done
-    done
+  for i in "${!run_dirs[@]}"; do
+    read -r model norm seed <<<"${run_specs[$i]}"
+    train_run "${run_dirs[$i]}" --recipe "recipes/dcase2020/$model.yaml" --profile "$profile" --norm "$norm" \
+      --seed "$seed" --set "data.cache=$cache" "${overrides[@]}"
   done
 fi
 
