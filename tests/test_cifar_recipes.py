@@ -71,3 +71,25 @@ def test_quick_recipe_trains_on_synthetic_cifar(tmp_path):
     assert 0.0 <= last["val_acc"] <= 1.0 and last["train_loss"] > 0
     assert set(last["angles"]) >= {"intra_train", "intra_test", "inter", "iir_train", "iir_test"}
     assert summary["best"]["epoch"] == 1
+
+
+TABLE5 = ("bn", "l2bn", "lnbn", "inbn", "pnbn", "ln", "in", "gn4", "gn8", "sn", "bcn", "bin")
+
+
+@pytest.mark.parametrize("norm", TABLE5)
+def test_every_table5_norm_builds_and_steps_in_the_resnet56_recipe(norm, tmp_path):
+    """What `run_cifar.sh --norms "..."` passes to `asc train`: each of the paper's Table 5 kinds."""
+    import torch
+
+    from asc.nn import norm_kind_of
+    from asc.train.checkpoint import build_model
+
+    r = load_recipe(RECIPES / "resnet56.yaml", profile="quick", norm=norm,
+                    overrides=[f"data.root={tmp_path}"])
+    model = build_model({"name": r["model"]["name"], "num_classes": 100, "in_channels": 3, "norm": r["norm"],
+                         "params": r["model"]["params"]})
+    kinds = {norm_kind_of(m) for m in model.modules()} - {None}
+    assert kinds == {norm}
+    loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

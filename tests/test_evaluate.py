@@ -149,6 +149,8 @@ def test_evaluate_writes_a_report_that_matches_the_model(tiny_run, capsys):
     assert (
         report["run"]["model"] == "fcnn" and report["run"]["norm"] == "l2bn" and report["run"]["epoch"] == 2
     )
+    assert report["run"]["precision"] == "float32"  # the default everywhere; bf16 autocast is an opt-in
+    assert "precision float32" in (out / "report.md").read_text()
     assert report["dataset"]["split"] == "evaluate" and report["dataset"]["synthetic"] is True
 
     t_logits, t_y, _, t_emb = ref["train"]
@@ -171,6 +173,9 @@ def test_evaluate_writes_a_report_that_matches_the_model(tiny_run, capsys):
         rows = list(csv.reader(fh, delimiter="\t"))
     assert rows[0] == ["filename", "scene_label", *SCENES] and len(rows) == 41
     assert [r[1] for r in rows[1:]] == [SCENES[i] for i in pred]
+    assert all(r[0].startswith("audio/") for r in rows[1:])  # as the fold file lists them
+    from_file = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    assert log_loss(y, from_file) == report["overall"]["log_loss"]
 
 
 def test_evaluate_then_compare(tiny_run, capsys):
@@ -274,7 +279,7 @@ def test_official_evaluation_set_gets_predictions_only(tiny_run, capsys):
     assert "predictions.csv" in (out / "report.md").read_text()
     with open(out / "predictions.csv", newline="") as fh:
         rows = list(csv.reader(fh, delimiter="\t"))
-    assert [r[0] for r in rows[1:]] == [f"{i}.wav" for i in range(6)]
+    assert [r[0] for r in rows[1:]] == [f"audio/{i}.wav" for i in range(6)]  # as fold1_test.csv lists them
     assert all(r[1] in SCENES for r in rows[1:])
 
     # a cache of other features is refused

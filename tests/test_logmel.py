@@ -32,14 +32,17 @@ def _scene_like(seconds: float, sr: int = 44100, seed: int = 0) -> np.ndarray:
 
 
 def _librosa_reference(y: np.ndarray, cfg: dict) -> np.ndarray:
-    """float64 librosa log-mel, deltas by the regression formula, stacked as the paper's recipe."""
+    """float64 librosa log-mel (padding and per-clip min-max as the config says), deltas by the
+    regression formula, stacked as the paper's recipe."""
     import librosa
 
     mel = librosa.feature.melspectrogram(
         y=y.astype(np.float64), sr=cfg["sample_rate"], n_fft=cfg["n_fft"], hop_length=cfg["hop_length"],
         n_mels=cfg["n_mels"], fmin=cfg["fmin"], fmax=cfg["fmax"], htk=True, norm=None, center=True,
-        pad_mode="constant", power=2.0)
+        pad_mode=cfg["pad_mode"], power=2.0)
     logmel = np.log(mel + 1e-8)
+    if cfg["scaling"] == "minmax":
+        logmel = (logmel - logmel.min()) / (logmel.max() - logmel.min())
     # regression deltas, N = 2, valid frames only (written out, independent of asc.features.deltas)
     def d(x):
         return ((x[:, 3:-1] - x[:, 1:-3]) + 2 * (x[:, 4:] - x[:, :-4])) / 10.0
@@ -48,17 +51,49 @@ def _librosa_reference(y: np.ndarray, cfg: dict) -> np.ndarray:
     return np.stack([logmel[:, 4:-4], d1[:, 2:-2], d2])
 
 
-def test_paper_config_matches_librosa_on_a_10s_clip():
-    cfg = load_feature_config(PAPER_CONFIG)
+def test_unscaled_config_matches_librosa_on_a_10s_clip():
+    cfg = load_feature_config(ROOT / "features" / "logmel128_deltas_unscaled.yaml")
+    assert cfg["pad_mode"] == "constant" and cfg["scaling"] == "none"
     y = _scene_like(10.0)
     ours = LogMelExtractor(cfg).numpy(y)
     ref = _librosa_reference(y, cfg)
     assert ours.shape == ref.shape == (3, 128, 423) == feature_shape(cfg)
     err = np.abs(ours - ref).max(axis=(1, 2))
-    # measured: log-mel 2.4e-5, delta 5.5e-6, delta-delta 2.5e-6 (float32 STFT vs float64 librosa);
-    # librosa's default reflect padding instead of zeros would differ by ~3.7 at the edges
+    # measured: log-mel 2.4e-5, delta 5.5e-6, delta-delta 2.5e-6 (float32 STFT vs float64 librosa)
     assert err[0] < 1e-4, err
     assert err[1] < 3e-5 and err[2] < 3e-5, err
+
+
+def test_published_features_match_librosa_reflect_minmax_on_every_clip_of_a_tiny_set(tiny_dataset, tmp_path):
+    """The default (published) config through `asc extract` and the cache, against librosa with
+    pad_mode="reflect" and each clip's own min-max, on every clip of the tiny synthetic set."""
+    import soundfile as sf
+    import yaml
+
+    from asc.cli import main
+    from asc.features.cache import cache_path
+    from asc.features.dataset import FeatureDataset
+
+    raw = yaml.safe_load(PAPER_CONFIG.read_text())
+    assert raw["pad_mode"] == "reflect" and raw["scaling"] == "minmax"
+    raw["duration"] = 2.0  # the tiny set's clips; everything else as published
+    raw["storage"] = {"dtype": "float32", "shard_size": 64}
+    features = tmp_path / "published_2s.yaml"
+    features.write_text(yaml.safe_dump(raw))
+    assert main(["extract", "--data", str(tiny_dataset), "--features", str(features), "--out",
+                 str(tmp_path / "cache"), "--workers", "1"]) == 0
+    cfg = load_feature_config(features)
+    ds = FeatureDataset(cache_path(tmp_path / "cache", features), split=None)
+    assert len(ds) > 100
+    worst = np.zeros(3)
+    for i, record in enumerate(ds.records):
+        y, sr = sf.read(tiny_dataset / record["file"], dtype="float32")
+        assert sr == 44100 and y.ndim == 1
+        ref = _librosa_reference(y, cfg)
+        worst = np.maximum(worst, np.abs(ds.array(i) - ref).max(axis=(1, 2)))
+    # measured on the 116 clips: log-mel 2.0e-4, delta 4.0e-5, delta-delta 1.9e-5 in the scaled log
+    # domain (range 1), all from float32 STFT rounding in the quietest mel bins of a frame
+    assert worst[0] < 1e-3 and worst[1] < 2e-4 and worst[2] < 2e-4, worst
 
 
 def test_deltas_equal_librosa_delta_away_from_the_edges():
@@ -98,7 +133,7 @@ def test_batch_equals_one_at_a_time():
 def test_minmax_scaling_and_no_deltas_and_slaney_against_librosa():
     import librosa
 
-    cfg = resolve_feature_config({"duration": 2.0, "n_mels": 64, "deltas": False, "scaling": "minmax",
+    cfg = resolve_feature_config({"duration": 2.0, "n_mels": 64, "deltas": False, "pad_mode": "constant",
                                   "mel_scale": "slaney", "mel_norm": "slaney", "fmax": 16000.0})
     y = _scene_like(2.0, seed=3)
     ours = LogMelExtractor(cfg).numpy(y)
@@ -166,7 +201,7 @@ def test_reflect_padding_option_matches_librosa_and_padding_matters():
     kw = dict(sr=44100, n_fft=2048, hop_length=1024, n_mels=128, htk=True, norm=None, center=True)
     ours = {}
     for mode in ("constant", "reflect"):
-        cfg = resolve_feature_config({"duration": 2.0, "deltas": False, "pad_mode": mode})
+        cfg = resolve_feature_config({"duration": 2.0, "deltas": False, "pad_mode": mode, "scaling": "none"})
         ours[mode] = LogMelExtractor(cfg).numpy(y)[0]
         ref = np.log(librosa.feature.melspectrogram(y=y.astype(np.float64), pad_mode=mode, **kw) + 1e-8)
         assert np.abs(ours[mode] - ref).max() < 1e-4, mode

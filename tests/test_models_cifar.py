@@ -161,15 +161,22 @@ def _kinds(module: nn.Module) -> set[str]:
     ("classifier", {"classifier"}),
     ("all", {"stem", "stage1", "stage2", "stage3"}),
     ("stage1+classifier", {"stage1", "classifier"}),
+    ("last", {"last"}),  # Table 4's other reading: only the last existing norm, nothing added
     (None, set()),
     ("none", set()),
 ])
 def test_l2bn_parts_place_l2bn_only_in_named_parts(spec, l2_parts):
     model = create_model("cifar_resnet56", norm="bn", l2bn_parts=spec)
+    if "stage3" in l2_parts:
+        l2_parts = l2_parts | {"last"}
     for part, module in stage_of(model).items():
         expected = {"l2bn"} if part in l2_parts else ({"bn"} if part != "classifier" else set())
+        if part == "stage3" and "last" in l2_parts and "stage3" not in l2_parts:
+            expected = {"bn", "l2bn"}
         assert _kinds(module) == expected, part
     assert isinstance(model.head_norm, L2BatchNorm1d) == ("classifier" in l2_parts)
+    if spec == "last":
+        assert [n for n, m in model.named_modules() if norm_kind_of(m) == "l2bn"] == ["body.stage3.8.bn2"]
 
 
 def test_l2bn_parts_all_is_the_l2bn_model():

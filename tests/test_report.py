@@ -213,10 +213,25 @@ def test_predictions_file_in_dcase_format(tmp_path):
         rows = list(csv.reader(fh, delimiter="\t"))
     assert rows[0] == ["filename", "scene_label", *SCENES]
     assert len(rows) == 9
-    assert rows[1][:2] == ["0.wav", "airport"] and rows[8][:2] == ["7.wav", "airport"]
+    assert rows[1][:2] == ["audio/0.wav", "airport"] and rows[8][:2] == ["audio/7.wav", "airport"]
     assert rows[2][1] == "bus"
     for row in rows[1:]:
-        assert sum(float(v) for v in row[2:]) == pytest.approx(1.0, abs=1e-5)
+        assert sum(float(v) for v in row[2:]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_predictions_file_keeps_full_precision_so_log_loss_recomputes_exactly(tmp_path):
+    """A confident mistake (p of the true class ~ 3e-7) must score from the file as in the report."""
+    from asc.eval.metrics import log_loss, softmax
+
+    logits = np.array([[15.0, 0.0, 0.0], [0.0, 15.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = np.array([1, 1, 2])
+    write_predictions(tmp_path / "p.csv", [f"audio/{i}.wav" for i in range(3)], logits, SCENES[:3])
+    with open(tmp_path / "p.csv", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))[1:]
+    from_file = np.array([[float(v) for v in r[2:]] for r in rows])
+    assert from_file[0, 1] < 1e-6
+    np.testing.assert_array_equal(from_file, softmax(logits))
+    assert log_loss(labels, from_file) == log_loss(labels, softmax(logits))
 
 
 def test_devices_default_to_tau2020_and_can_be_absent():

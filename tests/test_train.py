@@ -126,9 +126,12 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny):
 def test_ddp_two_processes_match_one_process_with_same_global_batch(tiny):
     one = tiny["base"] / "run_single"
     two = tiny["base"] / "run_ddp"
-    common = ["--set", "train.epochs=2", "--device", "cpu"]
-    subprocess.run(_train_cmd(tiny["recipe"], one, *common, "--set", "train.micro_batches=2"), env=_env(),
-                   check=True, capture_output=True, timeout=600)
+    # dropout off: each process draws masks for its own samples, so only models without it match exactly.
+    # One epoch (7 steps): rounding differences of 1e-7 can later flip a max-pool or ReLU and grow.
+    common = ["--set", "train.epochs=1", "--device", "cpu", "--set", "model_params.dropout=0.0"]
+    # synchronized L2BN statistics: the same global batch of 8, whole, in one process
+    subprocess.run(_train_cmd(tiny["recipe"], one, *common), env=_env(), check=True, capture_output=True,
+                   timeout=600)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "asc", "train", "--recipe", str(tiny["recipe"]), "--out", str(two), *common]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
@@ -136,9 +139,8 @@ def test_ddp_two_processes_match_one_process_with_same_global_batch(tiny):
     assert json.loads((two / "env.json").read_text())["world_size"] == 2
     a = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(two / "checkpoints" / "last.pt")["model"]
-    params = dict(model_from_checkpoint(load_checkpoint(one / "checkpoints" / "last.pt")).named_parameters())
-    assert params
-    for name in params:
+    assert any(k.endswith("running_var") for k in a)
+    for name in a:  # weights and running statistics
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
 
 

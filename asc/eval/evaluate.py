@@ -101,6 +101,18 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path:
     return path
 
 
+def training_precision(run_dir: Path, recipe: Mapping) -> str:
+    """What the run trained in, as its env.json says (runs without it: float32 unless autocast was asked)."""
+    try:
+        env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        env = {}
+    if isinstance(env, dict) and isinstance(env.get("precision"), str):
+        return env["precision"]
+    amp = (recipe.get("train") or {}).get("amp", "off")
+    return "float32" if amp in ("off", False) else f"{amp} autocast (assumed)"
+
+
 def _pick_device(device: str | None) -> str:
     import torch
 
@@ -295,6 +307,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         "epoch": ckpt.get("epoch"),
         "model_params": model_cfg.get("params") or spec.get("params"),
         "device": device,
+        "epochs": (recipe.get("train") or {}).get("epochs"),
+        "precision": training_precision(run_dir, recipe),
     }
     task = recipe.get("task", "dcase")
     name = ("synthetic " if data.synthetic else "") + DATASET_NAMES.get(task, task)

@@ -168,7 +168,9 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
 
 def write_predictions(path: str | os.PathLike, filenames: Sequence[str], logits: np.ndarray,
                       scene_names: Sequence[str]) -> None:
-    """DCASE 2020 Task 1a system output: tab-separated filename, scene_label, one probability per class."""
+    """DCASE 2020 Task 1a system output: tab-separated filename (as the fold file lists it), scene_label,
+    one probability per class written in full precision (shortest round-trip form), so scores
+    recomputed from the file equal the report's."""
     prob = M.softmax(logits)
     if prob.shape != (len(filenames), len(scene_names)):
         raise ValueError(f"probabilities {prob.shape} do not fit {len(filenames)} files x {len(scene_names)}")
@@ -176,8 +178,7 @@ def write_predictions(path: str | os.PathLike, filenames: Sequence[str], logits:
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["filename", "scene_label", *scene_names])
     for name, row in zip(filenames, prob):
-        writer.writerow([os.path.basename(str(name)), scene_names[int(row.argmax())],
-                         *(f"{v:.6f}" for v in row)])
+        writer.writerow([str(name), scene_names[int(row.argmax())], *(repr(float(v)) for v in row)])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -223,7 +224,8 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
                  + (f", {report['n_unlabelled']} without labels" if report.get("n_unlabelled") else ""))
     if run:
         shown = ", ".join(f"{key} {run[key]}" for key in ("recipe", "profile", "model", "norm", "seed",
-                                                           "checkpoint", "epoch") if run.get(key) is not None)
+                                                           "checkpoint", "epoch", "epochs", "precision")
+                          if run.get(key) is not None)
         lines.append(f"- Run: {shown}" + (f" (`{run['dir']}`)" if run.get("dir") else ""))
     lines.append(f"- Written: {report.get('created', '?')}")
     lines.append("")

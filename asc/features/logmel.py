@@ -1,8 +1,9 @@
 """Log-mel features with deltas, computed in torch so one code path runs batched on CPU or CUDA.
 
 The default settings follow the DCASE 2020 Task 1a systems of Hu et al. that the L2BN paper trains:
-44.1 kHz, 2048-point FFT, hop 1024, 128 HTK mel bands without filter normalization, natural
-log(x + 1e-8), then deltas over N = 2 frames and delta-deltas, each taken over the valid frames only,
+44.1 kHz, 2048-point FFT, hop 1024, centred frames with reflect padding (librosa 0.6), 128 HTK mel
+bands without filter normalization, natural log(x + 1e-8) rescaled per clip to [0, 1], then deltas
+over N = 2 frames and delta-deltas, each taken over the valid frames only,
 so the three channels are cropped to the same length: [logmel[2N:-2N], delta[N:-N], delta-delta].
 A 10-s clip gives 431 centred frames and a 3 x 128 x 423 feature.
 
@@ -33,8 +34,9 @@ FEATURE_SCHEMA: dict = {
     "hop_length": Field(int, 1024, min=1),
     "window": Field(str, "hann", choices=("hann", "hamming")),
     "center": Field(bool, True, help="frames centred on t * hop (input padded by n_fft // 2)"),
-    "pad_mode": Field(str, "constant", choices=("constant", "reflect"),
-                      help="padding for centred frames; constant (zeros) matches librosa >= 0.10"),
+    "pad_mode": Field(str, "reflect", choices=("constant", "reflect"),
+                      help="padding for centred frames: reflect as librosa < 0.9.0 (the published "
+                           "features), constant (zeros) as librosa >= 0.9.0"),
     "power": Field(float, 2.0, choices=(1.0, 2.0), help="1: magnitude, 2: power spectrogram"),
     "n_mels": Field(int, 128, min=1),
     "fmin": Field(float, 0.0, min=0.0),
@@ -43,8 +45,9 @@ FEATURE_SCHEMA: dict = {
     "mel_norm": Field(str, None, choices=("slaney",), nullable=True,
                       help="null: triangular filters of peak 1 (no area normalization)"),
     "log_offset": Field(float, 1e-8, min=0.0, min_exclusive=True, help="features are log(mel + offset)"),
-    "scaling": Field(str, "none", choices=("none", "minmax"),
-                     help="minmax: rescale each clip's log-mel to [0, 1] before the deltas"),
+    "scaling": Field(str, "minmax", choices=("none", "minmax"),
+                     help="minmax: rescale each clip's log-mel to [0, 1] before the deltas (the "
+                          "published features); none: log values as they are"),
     "deltas": Field(bool, True, help="stack delta and delta-delta channels"),
     "delta_width": Field(int, 5, min=3, help="odd; frames in the delta window (2N + 1)"),
     "storage": {

@@ -15,6 +15,7 @@ in torch ops.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ class _L2BNTrain(torch.autograd.Function):
     """Training-mode L2BN with batch statistics and an analytic backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, l2_eps: float, eps: float):
+    def forward(ctx, x, weight, bias, l2_eps: float, eps: float, l2: bool = True, group=None, shift=None):
         shape = x.shape
         n_per_row = math.prod(shape[2:])  # M: elements per (sample, channel)
         n = shape[1] * n_per_row
@@ -72,12 +73,33 @@ class _L2BNTrain(torch.autograd.Function):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         mean_ic, var_ic = mean_ic.to(acc), var_ic.to(acc)
         sq_norm = n_per_row * (var_ic + mean_ic * mean_ic).sum(1)  # ‖x_i‖²
-        norm = sq_norm.sqrt()
-        clamped = norm <= l2_eps
-        r = math.sqrt(n) / norm.clamp_min(l2_eps)  # (N,)
+        if l2:
+            norm = sq_norm.sqrt()
+            clamped = norm <= l2_eps
+            r = math.sqrt(n) / norm.clamp_min(l2_eps)  # (N,)
+        else:  # plain BN: the same passes with the l2 step off
+            clamped = torch.ones_like(sq_norm, dtype=torch.bool)
+            r = torch.ones_like(sq_norm)
         mu_hat = r[:, None] * mean_ic  # per-(i, c) means of x̂
-        mean_c = mu_hat.mean(0)
-        var_c = (r * r)[:, None].mul(var_ic).mean(0) + (mu_hat - mean_c).square().mean(0)
+        if group is None:
+            count = shape[0] * n_per_row
+            mean_c = mu_hat.mean(0)
+            var_c = (r * r)[:, None].mul(var_ic).mean(0) + (mu_hat - mean_c).square().mean(0)
+        else:
+            # one all-reduce of 2C + 1 numbers: Σ (x̂ - K) and Σ (x̂ - K)² per channel and the element
+            # count, taken about a shift K that every process shares (the running mean) and in float64,
+            # so that E[(x̂ - K)²] - E[x̂ - K]² does not cancel
+            c = shape[1]
+            k = torch.zeros(c, dtype=torch.float64, device=x.device) if shift is None else shift.double()
+            r64, d64 = r.double()[:, None], mu_hat.double() - k
+            sums = torch.cat([d64.sum(0) * n_per_row,
+                              (r64.square() * var_ic.double() + d64.square()).sum(0) * n_per_row,
+                              d64.new_full((1,), float(shape[0] * n_per_row))])
+            torch.distributed.all_reduce(sums, group=group)
+            count = int(round(float(sums[-1])))
+            offset = sums[:c] / sums[-1]
+            mean_c = (k + offset).to(acc)
+            var_c = (sums[c:2 * c] / sums[-1] - offset.square()).clamp_min(0).to(acc)
         invstd = (var_c + eps).rsqrt()
         g = invstd if weight is None else weight.to(acc) * invstd
         scale = r[:, None] * g  # A[i, c]
@@ -87,14 +109,15 @@ class _L2BNTrain(torch.autograd.Function):
         y = _affine_rows(x, scale.to(x.dtype), shift.to(x.dtype))
         ctx.save_for_backward(x, weight, mean_ic, var_ic, r, sq_norm, clamped, mean_c, invstd, g)
         ctx.has_bias = bias is not None
-        return y, mean_c, var_c
+        ctx.group, ctx.count = group, count
+        return y, mean_c, var_c, torch.tensor(float(count))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, _dmean, _dvar):
+    def backward(ctx, dy, _dmean, _dvar, _dcount):
         x, weight, mean_ic, var_ic, r, sq_norm, clamped, mean_c, invstd, g = ctx.saved_tensors
         n_per_row = math.prod(x.shape[2:])
-        count = x.shape[0] * n_per_row
+        count = ctx.count
         dy = dy.contiguous() if x.is_contiguous() else dy
         # per-(i, c): t1 = Σ dy, tc = Σ dy·(x - mean_ic)   (centred for accuracy)
         t1, tc = _grad_sums(dy, x, mean_ic)
@@ -105,8 +128,14 @@ class _L2BNTrain(torch.autograd.Function):
         d_beta = t1.sum(0)
         # Σ dy · x̂n with x̂n = (r_i x - μ_c) invstd_c; computed from centred sums
         d_gamma = invstd * ((r[:, None] * tc).sum(0) + ((r[:, None] * mean_ic - mean_c) * t1).sum(0))
-        a = d_beta / count
-        b = d_gamma / count
+        if ctx.group is None:
+            a, b = d_beta / count, d_gamma / count
+        else:
+            # the statistics saw every process's samples, so their gradient needs every process's
+            # Σ dy and Σ dy·x̂ (2C numbers); the parameter gradients stay local (DDP averages them)
+            both = torch.cat([d_beta, d_gamma])
+            torch.distributed.all_reduce(both, group=ctx.group)
+            a, b = both[:len(d_beta)] / count, both[len(d_beta):] / count
         # x_i · dx̂_i per sample, with dx̂ = g (dy - a - b x̂n)
         bi = b * invstd
         x_dxhat = (g * (t2 - a * s1 - bi * (r[:, None] * s2 - mean_c * s1))).sum(1)
@@ -118,7 +147,7 @@ class _L2BNTrain(torch.autograd.Function):
         dw = (d_gamma).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = d_beta.to(weight.dtype if weight is not None else dy.dtype) if ctx.has_bias and \
             ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None, None, None
 
 
 def _grad_sums(dy: Tensor, x: Tensor, mean_ic: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,8 +189,15 @@ def l2_batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
     l2_eps: float = L2_EPS,
+    *,
+    l2: bool = True,
+    process_group: Any = None,
 ) -> Tensor:
-    """Functional L2BN; the same contract as `torch.nn.functional.batch_norm`."""
+    """Functional L2BN; the same contract as `torch.nn.functional.batch_norm`.
+
+    `l2=False` turns the l2 step off (plain BN through the same passes); with a `process_group`,
+    training-mode batch statistics (and their gradients) are summed over its processes.
+    """
     if x.dim() < 2:
         raise ValueError(f"expected at least 2-D input (N, C, ...), got {x.dim()}-D")
     if training:
@@ -176,18 +212,20 @@ def l2_batch_norm(
     use_batch_stats = training or running_mean is None
     with torch.autocast(device_type=x.device.type, enabled=False):
         if use_batch_stats:
-            if torch.compiler.is_compiling() and not _native(xc):
-                y, mean_c, var_c = _l2bn_train_composite(xc, w, b, l2_eps, eps)
-            else:
-                y, mean_c, var_c = _L2BNTrain.apply(xc, w, b, l2_eps, eps)
-            if training and running_mean is not None and running_var is not None:
+            if process_group is None and torch.compiler.is_compiling() and not _native(xc):
+                y, mean_c, var_c = _l2bn_train_composite(xc, w, b, l2_eps, eps, l2)
                 count = x.numel() // x.shape[1]
+            else:
+                shift = None if process_group is None or running_mean is None else running_mean.detach()
+                y, mean_c, var_c, count_t = _L2BNTrain.apply(xc, w, b, l2_eps, eps, l2, process_group, shift)
+                count = int(count_t)
+            if training and running_mean is not None and running_var is not None:
                 with torch.no_grad():
                     running_mean.lerp_(mean_c.to(running_mean.dtype), momentum)
                     unbiased = var_c * (count / max(count - 1, 1))
                     running_var.lerp_(unbiased.to(running_var.dtype), momentum)
         else:
-            y = _l2bn_eval(xc, running_mean, running_var, w, b, l2_eps, eps)
+            y = _l2bn_eval(xc, running_mean, running_var, w, b, l2_eps, eps, l2)
     return y.to(in_dtype) if y.dtype != in_dtype else y
 
 
@@ -198,8 +236,8 @@ def _sample_scale(x: Tensor, l2_eps: float) -> Tensor:
     return math.sqrt(n) / norm.clamp_min(l2_eps)
 
 
-def _l2bn_eval(x, running_mean, running_var, weight, bias, l2_eps, eps) -> Tensor:
-    r = _sample_scale(x, l2_eps)
+def _l2bn_eval(x, running_mean, running_var, weight, bias, l2_eps, eps, l2=True) -> Tensor:
+    r = _sample_scale(x, l2_eps) if l2 else x.new_ones(x.shape[0])
     g = (running_var.to(x.dtype) + eps).rsqrt()
     if weight is not None:
         g = g * weight
@@ -209,9 +247,9 @@ def _l2bn_eval(x, running_mean, running_var, weight, bias, l2_eps, eps) -> Tenso
     return torch.addcmul(_expand(shift, x), x, _expand(r[:, None] * g, x))
 
 
-def _l2bn_train_composite(x, weight, bias, l2_eps, eps):
+def _l2bn_train_composite(x, weight, bias, l2_eps, eps, l2=True):
     """Plain differentiable ops, for torch.compile to fuse and differentiate itself."""
-    x_hat = x * _expand(_sample_scale(x, l2_eps)[:, None], x)
+    x_hat = x * _expand(_sample_scale(x, l2_eps)[:, None], x) if l2 else x
     dims = [0] + list(range(2, x.dim()))
     var_c, mean_c = torch.var_mean(x_hat.detach(), dim=dims, correction=0)
     y = F.batch_norm(x_hat, None, None, weight, bias, True, 0.0, eps)

@@ -9,7 +9,12 @@ Kinds (paper Tables 3 and 5):
     ln     layer norm as GroupNorm(1, C) with per-channel affine
     in     instance norm as GroupNorm(C, C) with per-channel affine
     gn4    GroupNorm with 4 channels per group;  gn8: 8 channels per group
+    sn     Switchable Normalization (IN, LN and BN statistics mixed by learned softmax weights)
+    bcn    Batch-Channel Normalization (BN, then group norm in min(32, C/4) groups)
+    bin    Batch-Instance Normalization (per-channel gate between BN and IN)
     none   identity
+
+Synchronized versions of bn and l2bn for several processes: `asc.nn.convert_sync_norm`.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from asc.nn.hybrid import BatchChannelNorm, BatchInstanceNorm, SwitchNorm
 from asc.nn.l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
+from asc.nn.sync import SyncBatchNorm, SyncL2BatchNorm
 
-NORM_KINDS = ("bn", "l2bn", "lnbn", "inbn", "pnbn", "ln", "in", "gn4", "gn8", "none")
+NORM_KINDS = ("bn", "l2bn", "lnbn", "inbn", "pnbn", "ln", "in", "gn4", "gn8", "sn", "bcn", "bin", "none")
 
 _PRE_EPS = 1e-5
 
@@ -72,6 +79,7 @@ class PreNormBatchNorm3d(_PreNormBNMixin, nn.BatchNorm3d):
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _L2BN = {1: L2BatchNorm1d, 2: L2BatchNorm2d, 3: L2BatchNorm3d}
 _PREBN = {1: PreNormBatchNorm1d, 2: PreNormBatchNorm2d, 3: PreNormBatchNorm3d}
+_HYBRID = {"sn": SwitchNorm, "bcn": BatchChannelNorm, "bin": BatchInstanceNorm}
 
 
 def _groups(kind: str, num_features: int) -> int:
@@ -103,6 +111,8 @@ def make_norm(kind: str, num_features: int, dim: int = 2, affine: bool = True, *
         return _L2BN[dim](num_features, **bn_kw)
     if kind in ("lnbn", "inbn", "pnbn"):
         return _PREBN[dim](num_features, pre=kind[:2], **bn_kw)
+    if kind in _HYBRID:
+        return _HYBRID[kind](num_features, **bn_kw)
     if kind == "none":
         return nn.Identity()
     norm = nn.GroupNorm(_groups(kind, num_features), num_features, eps=eps, affine=affine)
@@ -112,8 +122,15 @@ def make_norm(kind: str, num_features: int, dim: int = 2, affine: bool = True, *
 
 def norm_kind_of(module: nn.Module) -> str | None:
     """The make_norm kind that built `module`, or None if it is not a norm layer."""
-    if isinstance(module, tuple(_L2BN.values())):
+    if getattr(module, "part_of_norm", False):
+        return None
+    if isinstance(module, (*_L2BN.values(), SyncL2BatchNorm)):
         return "l2bn"
+    if isinstance(module, SyncBatchNorm):
+        return "bn"
+    for kind, cls in _HYBRID.items():
+        if isinstance(module, cls):
+            return kind
     if isinstance(module, tuple(_PREBN.values())):
         return f"{module.pre}bn"
     if isinstance(module, _BatchNorm):
@@ -133,9 +150,10 @@ def _replacement(old: _BatchNorm, kind: str) -> nn.Module:
     dim = 1 if isinstance(old, nn.BatchNorm1d) else 3 if isinstance(old, nn.BatchNorm3d) else 2
     new = make_norm(kind, old.num_features, dim=dim, affine=old.affine, eps=old.eps, momentum=old.momentum,
                     track_running_stats=old.track_running_stats)
-    own = new.state_dict()
+    target = new.bn if isinstance(new, BatchChannelNorm) else new  # BCN's BN part takes BN's state
+    own = target.state_dict()
     kept = {k: v for k, v in old.state_dict().items() if k in own and own[k].shape == v.shape}
-    new.load_state_dict(kept, strict=False)
+    target.load_state_dict(kept, strict=False)
     new.train(old.training)
     param = next(old.parameters(), None)
     if param is None and old.running_mean is not None:
@@ -154,8 +172,8 @@ def convert_norm(module: nn.Module, kind: str) -> nn.Module:
     if isinstance(module, _BatchNorm):
         return _replacement(module, kind)
     for name, child in list(module.named_children()):
-        if isinstance(child, _BatchNorm):
+        if isinstance(child, _BatchNorm) and not getattr(child, "part_of_norm", False):
             setattr(module, name, _replacement(child, kind))
-        else:
+        elif norm_kind_of(child) is None:  # not into other norm layers
             convert_norm(child, kind)
     return module

@@ -36,7 +36,7 @@ from asc.progress import progress
 from asc.train import data as tdata
 from asc.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from asc.train.recipe import resume_mismatch
-from asc.train.schedule import learning_rate
+from asc.train.schedule import keras_decay, learning_rate
 
 
 class TrainingDiverged(AscError):
@@ -118,12 +118,40 @@ def _decay_params(model: nn.Module, which: str) -> tuple[list, list]:
     return decay, no_decay
 
 
+def _lr_mults(model: nn.Module) -> dict[int, float]:
+    """id(parameter) -> the learning-rate multiplier its layer asks for (`param_lr_mult`: BIN's gate)."""
+    out = {}
+    for module in model.modules():
+        for name, mult in getattr(module, "param_lr_mult", {}).items():
+            p = getattr(module, name, None)
+            if isinstance(p, nn.Parameter):
+                out[id(p)] = float(mult)
+    return out
+
+
 def make_optimizer(model: nn.Module, tr: dict) -> torch.optim.Optimizer:
     decay, no_decay = _decay_params(model, tr["weight_decay_on"])
-    groups = [{"params": decay, "weight_decay": tr["weight_decay"]},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=tr["lr"], momentum=tr["momentum"],
+    mults = _lr_mults(model)
+    groups = []
+    for params, wd in ((decay, tr["weight_decay"]), (no_decay, 0.0)):
+        for mult in sorted({mults.get(id(p), 1.0) for p in params}):
+            chosen = [p for p in params if mults.get(id(p), 1.0) == mult]
+            groups.append({"params": chosen, "weight_decay": wd if mult == 1.0 else 0.0, "lr_mult": mult})
+    return torch.optim.SGD(groups, lr=tr["lr"], momentum=tr["momentum"],
                            nesterov=tr["nesterov"] and tr["momentum"] > 0)
+
+
+def sync_norms(model: nn.Module) -> nn.Module:
+    """BN and L2BN with statistics over all processes; refuses a model whose norm kinds would change
+    (torch's own convert_sync_batchnorm, for one, turns L2BN into plain BN)."""
+    from asc.nn import convert_sync_norm, norm_kind_of
+
+    before = [norm_kind_of(m) for m in model.modules()]
+    model = convert_sync_norm(model)
+    after = [norm_kind_of(m) for m in model.modules()]
+    if before != after:
+        raise AscError("synchronizing the norm layers changed their kinds; this is a bug, please report it")
+    return model
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -150,6 +178,9 @@ class Trainer:
         if self.amp_dtype is not None and not cuda and tr["amp"] == "fp16":
             raise AscError("train.amp=fp16 needs a GPU; use bf16 or off on CPU")
         self.channels_last = tr["channels_last"] == "on" or (tr["channels_last"] == "auto" and cuda)
+        #: what the run trained in, for env.json and every report
+        names = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+        self.precision = names.get(self.amp_dtype, "float32")
 
     # ------------------------------------------------------------------ set-up
     def _prepare_run_dir(self) -> int:
@@ -170,7 +201,8 @@ class Trainer:
         if self.ctx.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "recipe.yaml", dump_yaml(self.recipe))
-            atomic_write_json(self.run_dir / "env.json", environment(self.ctx))
+            env = {**environment(self.ctx), "precision": self.precision}
+            atomic_write_json(self.run_dir / "env.json", env)
         return 0
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -207,8 +239,11 @@ class Trainer:
 
         train_model = model
         if ctx.enabled:
+            if tr["sync_norm"]:
+                model = sync_norms(model)
             train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                broadcast_buffers=not tr["sync_norm"])
         if tr["compile"]:
             train_model = torch.compile(train_model)
         writer = self._tensorboard() if ctx.main else None
@@ -263,9 +298,11 @@ class Trainer:
                      mult=tr["sgdr_mult"], milestones=tr["milestones"], gamma=tr["gamma"])
         lr = tr["lr"]
         for step, (x, y) in enumerate(loader):
-            lr = learning_rate(epoch + step / steps, **sched)
+            # Keras SGD(decay=d) scales whatever rate the schedule sets by 1 / (1 + d · iterations)
+            lr = keras_decay(learning_rate(epoch + step / steps, **sched), tr["lr_decay"],
+                             epoch * steps + step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             x, targets = tdata.prepare_batch(x, y, task=task, recipe=recipe, epoch=epoch, step=step,
                                              rank=ctx.rank, world=ctx.world)
             x = x.to(ctx.device, non_blocking=True)

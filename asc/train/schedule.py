@@ -26,6 +26,11 @@ def sgdr_total_epochs(cycles: int, first_cycle: int = 2, mult: int = 2) -> int:
     return sum(first_cycle * mult**i for i in range(cycles))
 
 
+def keras_decay(lr: float, decay: float, iterations: int) -> float:
+    """Keras SGD's `decay`: the rate the schedule set, times 1 / (1 + decay · iterations so far)."""
+    return lr / (1.0 + decay * iterations)
+
+
 def learning_rate(epoch: float, *, schedule: str, lr: float, min_lr: float, epochs: int,
                   warmup_epochs: float = 0.0, first_cycle: float = 2, mult: float = 2,
                   milestones: Sequence[int] = (), gamma: float = 0.1) -> float:

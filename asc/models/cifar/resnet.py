@@ -12,12 +12,15 @@ parts and `norm` everywhere else. Parts:
     stages2-3   stage2 and stage3
     all         stem and all stages: every norm of the network, the same model as norm="l2bn"
     classifier  an L2BN1d on the pooled features, the input of the classification layer
+    last        the network's last existing norm (stage 3's last block, second norm), no layer added
 Combine with "+" or ",", e.g. "stage1+classifier"; "none" (or None) names no part.
 
-"Only classification layer" of Table 4 is read as L2BN applied to the features the final linear layer
-classifies: the paper's analysis (its eqs. 1-2, vectors X_i in R^d, and the angle metrics "only
-meaningful for the classification layer") is about exactly those features, and a CIFAR ResNet has no
-norm there, so one is added. A same-size control is `head_norm="bn"` (a plain BN1d there).
+"Only classification layer" of Table 4 has two readings. `classifier`: L2BN on the features the final
+linear layer classifies; the paper's analysis (its eqs. 1-2, vectors X_i in R^d, and the angle metrics
+"only meaningful for the classification layer") is about exactly those features, but a CIFAR ResNet
+has no norm there, so one is added, and `head_norm="bn"` (a plain BN1d there) is the control that
+tells the l2 step's effect from the added layer's. `last`: L2BN in place of the last norm the network
+already has, nearest the classifier, with nothing added.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from asc.models.registry import register_model
 from asc.nn import make_norm
 
 WIDTHS = (16, 32, 64)
-PARTS = ("stem", "stage1", "stage2", "stage3", "classifier")
+PARTS = ("stem", "stage1", "stage2", "stage3", "classifier", "last")
 _ALIASES = {"all": ("stem", "stage1", "stage2", "stage3"), "stages2-3": ("stage2", "stage3"),
             "stages1-3": ("stage1", "stage2", "stage3")}
 
@@ -103,6 +106,8 @@ class ResNetBody(nn.Module):
                 blocks.append(BasicBlock(c_in, width, stride, part_norm[stage], shortcut))
                 c_in = width
             self.add_module(stage, nn.Sequential(*blocks))
+        if part_norm["last"] != part_norm["stage3"]:
+            self.stage3[-1].bn2 = make_norm(part_norm["last"], WIDTHS[-1])
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -118,6 +123,8 @@ class CifarResNet(CifarNet):
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv), got {shortcut!r}")
         parts = parse_parts(l2bn_parts)
+        if "stage3" in parts:
+            parts = parts | {"last"}  # the last norm belongs to stage 3
         part_norm = {p: ("l2bn" if p in parts else norm) for p in PARTS}
         if "classifier" in parts:
             if head_norm not in (None, "l2bn"):
@@ -146,7 +153,7 @@ def stage_of(model: CifarResNet) -> dict[str, nn.Module]:
     """Named parts of a CIFAR ResNet, for inspecting which norm each part uses."""
     body = model.body
     return {"stem": body.bn1, "stage1": body.stage1, "stage2": body.stage2, "stage3": body.stage3,
-            "classifier": model.head_norm}
+            "classifier": model.head_norm, "last": body.stage3[-1].bn2}
 
 
 __all__ = ["CifarResNet", "parse_parts", "stage_of"]
