@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "asc.features.cli",
     "asc.train.cli",
     "asc.eval.cli",
+    "asc.predict",
 )
 
 

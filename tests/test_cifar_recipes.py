@@ -82,7 +82,7 @@ def test_every_table5_norm_builds_and_steps_in_the_resnet56_recipe(norm, tmp_pat
     import torch
 
     from asc.nn import norm_kind_of
-    from asc.train.checkpoint import build_model
+    from asc.runs import build_model
 
     r = load_recipe(RECIPES / "resnet56.yaml", profile="quick", norm=norm,
                     overrides=[f"data.root={tmp_path}"])

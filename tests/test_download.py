@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +14,12 @@ import pytest
 
 from asc.data.download import (
     ARCHIVE_ROOT,
+    COMPLETE_MARKER,
+    DATASETS,
+    DEFAULT_BASE_URL,
     DEVELOPMENT_PACKAGES,
+    EVAL_ARCHIVE_ROOT,
+    EVALUATION_PACKAGES,
     Package,
     download_tau2020,
     extract_archive,
@@ -213,3 +220,132 @@ def test_corrupt_archive_on_disk(tmp_path):
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="not a readable zip archive"):
         extract_archive(tmp_path / "broken.zip", tmp_path)
+
+
+# ---------------------------------------------------------------- the official evaluation set
+
+EVAL_AUDIO = {f"audio/{i}.wav": bytes([i]) * 30000 for i in range(2)}
+EVAL_FOLD = "filename\naudio/0.wav\naudio/1.wav\n"
+
+
+@pytest.fixture
+def fake_eval_set():
+    """The evaluation record's layout: anonymous audio/N.wav and an unlabelled fold1_test.csv."""
+    files = {
+        f"{EVAL_ARCHIVE_ROOT}.doc.zip": _zip({f"{EVAL_ARCHIVE_ROOT}/README.md": b"evaluation set"}),
+        f"{EVAL_ARCHIVE_ROOT}.meta.zip": _zip({
+            f"{EVAL_ARCHIVE_ROOT}/evaluation_setup/fold1_test.csv": EVAL_FOLD.encode(),
+        }),
+        f"{EVAL_ARCHIVE_ROOT}.audio.1.zip": _zip({f"{EVAL_ARCHIVE_ROOT}/{name}": data
+                                                 for name, data in EVAL_AUDIO.items()}),
+    }
+    return files, tuple(_pkg(name, data) for name, data in files.items())
+
+
+def test_published_eval_md5_table():
+    spec = DATASETS["eval"]
+    assert (spec.record, spec.root, spec.packages) == (3685828, EVAL_ARCHIVE_ROOT, EVALUATION_PACKAGES)
+    assert spec.base_url == "https://zenodo.org/record/3685828/files/"
+    table = {p.filename.removeprefix(EVAL_ARCHIVE_ROOT + "."): p for p in EVALUATION_PACKAGES}
+    assert list(table) == ["doc.zip", "meta.zip"] + [f"audio.{i}.zip" for i in range(1, 9)]
+    assert table["doc.zip"].md5 == "2f1ac2991111c6ee1d51bec6e27bd825"
+    assert table["meta.zip"].md5 == "b8d9bb50faa282be170b81dc57e2b8b3"
+    assert table["audio.1.zip"].md5 == "632841f6b1ef9ed962ea61f879967411"
+    assert table["audio.8.zip"].md5 == "4db5255382a5e5cab2d463c0d836b888"
+    assert all(len(p.md5) == 32 and int(p.md5, 16) >= 0 and p.size for p in EVALUATION_PACKAGES)
+    assert len({p.md5 for p in EVALUATION_PACKAGES + DEVELOPMENT_PACKAGES}) == 28  # no copy-paste slip
+    # the development set is unchanged
+    dev = DATASETS["dev"]
+    assert (dev.record, dev.root, dev.packages, dev.base_url) == (3819968, ARCHIVE_ROOT, DEVELOPMENT_PACKAGES,
+                                                                  DEFAULT_BASE_URL)
+
+
+def _cli(argv: list[str]) -> int:
+    from asc.cli import main
+
+    return main(argv)
+
+
+def test_eval_set_via_cli_verifies_extracts_and_resumes(tmp_path, fake_eval_set, monkeypatch, capsys):
+    files, packages = fake_eval_set
+    monkeypatch.setitem(DATASETS, "eval", dataclasses.replace(DATASETS["eval"], packages=packages))
+    monkeypatch.setattr("asc.data.download.time.sleep", lambda _: None)
+    audio, meta = f"{EVAL_ARCHIVE_ROOT}.audio.1.zip", f"{EVAL_ARCHIVE_ROOT}.meta.zip"
+    out = tmp_path / "tau-eval"
+    with FakeZenodo(files) as server:
+        server.cut_after[audio] = 20000        # dropped connection: resumed with Range
+        server.corrupt_once.add(meta)           # wrong md5: detected and fetched again
+        argv = ["data", "download", "--set", "eval", "--to", str(out), "--base-url", server.url]
+        assert _cli(argv) == 0
+        assert [r for n, r in server.requests if n == audio] == [None, "bytes=20000-"]
+        assert [r for n, r in server.requests if n == meta] == [None, None]
+        assert f"{out}: 2 clips (eval); test 2" in capsys.readouterr().out
+        assert (out / "evaluation_setup/fold1_test.csv").read_text() == EVAL_FOLD
+        for name, data in EVAL_AUDIO.items():
+            assert (out / name).read_bytes() == data
+        assert not (out / EVAL_ARCHIVE_ROOT).exists() and not (out / "meta.csv").exists()
+        assert not list((out / ".download").glob("*.zip"))
+        assert json.loads((out / COMPLETE_MARKER).read_text())["record"] == 3685828
+        n = len(server.requests)
+        assert _cli(argv) == 0                  # a finished download is not repeated
+        assert len(server.requests) == n and "already downloaded" in capsys.readouterr().out
+    from asc.data.tau2020 import load_tau2020
+
+    test = load_tau2020(out).split("test")
+    assert [c.filename for c in test] == ["audio/0.wav", "audio/1.wav"] and test[0].scene is None
+
+
+def test_eval_part_file_from_an_earlier_run_is_continued(tmp_path, fake_eval_set):
+    files, packages = fake_eval_set
+    name = f"{EVAL_ARCHIVE_ROOT}.audio.1.zip"
+    work = tmp_path / "eval/.download"
+    work.mkdir(parents=True)
+    (work / f"{name}.part").write_bytes(files[name][:12345])
+    with FakeZenodo(files) as server:
+        download_tau2020(tmp_path / "eval", server.url, packages, dataset="eval", retry_wait=0,
+                         log=lambda *_: None)
+        assert [r for n, r in server.requests if n == name] == ["bytes=12345-"]
+    assert (tmp_path / "eval/audio/1.wav").read_bytes() == EVAL_AUDIO["audio/1.wav"]
+
+
+def test_eval_wrong_md5_is_an_error(tmp_path, fake_eval_set):
+    files, packages = fake_eval_set
+    wrong = [Package(p.filename, "0" * 32, p.size) for p in packages]
+    with FakeZenodo(files) as server, pytest.raises(DataError, match=r"doc.zip: md5 .* does not match"):
+        download_tau2020(tmp_path / "eval", server.url, wrong, dataset="eval", retry_wait=0,
+                         log=lambda *_: None)
+
+
+def test_sets_are_not_mixed_in_one_folder(tmp_path, fake_set, fake_eval_set):
+    (dev_files, dev_packages), (eval_files, eval_packages) = fake_set, fake_eval_set
+    quiet = {"retry_wait": 0, "log": lambda *_: None}
+    with FakeZenodo({**dev_files, **eval_files}) as server:
+        download_tau2020(tmp_path / "dev", server.url, dev_packages, **quiet)
+        with pytest.raises(DataError, match="already holds the dev set .* into another folder"):
+            download_tau2020(tmp_path / "dev", server.url, eval_packages, dataset="eval", **quiet)
+        partial = tmp_path / "partial/.download"
+        partial.mkdir(parents=True)
+        (partial / f"{EVAL_ARCHIVE_ROOT}.meta.zip.done").write_text("{}")
+        with pytest.raises(DataError, match="holds part of the eval set"):
+            download_tau2020(tmp_path / "partial", server.url, dev_packages, **quiet)
+    assert not (tmp_path / "dev/audio/0.wav").exists()
+
+
+def test_download_parser_sets(capsys):
+    from asc.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["data", "download", "--to", "d"]).dataset == "dev"
+    for name in DATASETS:                       # every set in the table is selectable
+        assert parser.parse_args(["data", "download", "--set", name, "--to", "d"]).dataset == name
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["data", "download", "--set", "nonsense", "--to", "d"])
+    assert exc.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "download", "--help"])
+    assert "asc data download --set eval --to" in capsys.readouterr().out
+
+
+def test_unknown_dataset_name_in_the_api(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'nonsense'; choose one of dev, eval"):
+        download_tau2020(tmp_path, dataset="nonsense")

@@ -22,7 +22,7 @@ from .tiny_tau import FEATURES, SR, make_feature_cache, run_extract
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from asc.models import create_model
-    from asc.train.checkpoint import save_checkpoint
+    from asc.runs import save_checkpoint
 
     base = tmp_path_factory.mktemp("evaluate")
     paths = make_feature_cache(base)
@@ -208,7 +208,7 @@ def test_evaluate_a_cifar_run(tmp_path, capsys):
     from asc.data.cifar import CifarDataset, write_synthetic_cifar100
     from asc.eval.metrics import angle_metrics
     from asc.models import create_model
-    from asc.train.checkpoint import save_checkpoint
+    from asc.runs import save_checkpoint
 
     root = write_synthetic_cifar100(tmp_path / "cifar", preset="tiny", seed=0)
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from asc.train.checkpoint import load_checkpoint, model_from_checkpoint
+from asc.runs import load_checkpoint, model_from_checkpoint
 
 from .tiny_tau import make_feature_cache
 

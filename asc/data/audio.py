@@ -63,7 +63,6 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
     (`pad="zero"`) or left short (`pad="none"`). `duration=None` keeps the file's length.
     """
     import soundfile as sf
-    import soxr
 
     if pad not in PAD_MODES:
         raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
@@ -86,15 +85,7 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
         data, file_sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:
         raise DataError(f"{path}: cannot decode audio ({_describe(exc)}); re-download or remove it") from None
-    if data.shape[0] == 0:
-        raise DataError(f"{path}: empty audio file (0 samples); re-download or remove it")
-    if not np.isfinite(data).all():
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise DataError(f"{path}: {bad} NaN/Inf samples; the file is corrupt, re-download or remove it")
-    if mono and data.shape[1] > 1:
-        data = data.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
-    if file_sr != sr:
-        data = np.asarray(soxr.resample(data, file_sr, sr, quality="HQ"), dtype=np.float32)
+    data = conform(data, file_sr, sr, mono=mono, name=str(path))
     if target is not None:
         if data.shape[0] > target:
             data = data[:target]
@@ -102,3 +93,21 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
             data = np.concatenate([data, np.zeros((target - data.shape[0], data.shape[1]), np.float32)])
     out = data[:, 0] if mono else data.T
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def conform(data: np.ndarray, file_sr: int, sr: int, *, mono: bool = True, name: str = "audio") -> np.ndarray:
+    """Decoded samples (frames, channels) -> float32 (frames', channels') at `sr`, averaged to one
+    channel if `mono`; the one place where every input, file or array, is checked and converted."""
+    import soxr
+
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise DataError(f"{name}: empty audio (0 samples); re-download or remove it")
+    if not np.isfinite(data).all():
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise DataError(f"{name}: {bad} NaN/Inf samples; the file is corrupt, re-download or remove it")
+    if mono and data.shape[1] > 1:
+        data = data.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    if file_sr != sr:
+        data = np.asarray(soxr.resample(data, file_sr, sr, quality="HQ"), dtype=np.float32)
+    return data

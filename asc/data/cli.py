@@ -25,11 +25,17 @@ The output depends only on preset, seed and duration (not on --workers). Rerunni
 same command resumes an interrupted build, or does nothing when it is complete."""
 
 _DOWNLOAD_TEXT = """\
-Download TAU Urban Acoustic Scenes 2020 Mobile, development set (Zenodo record 3819968:
-doc, meta and 16 audio archives, about 28 GiB), verify each archive against its published
-md5 and extract it so DIR holds audio/, meta.csv and evaluation_setup/.
+Download TAU Urban Acoustic Scenes 2020 Mobile, verify each archive against its published
+md5 and extract it into DIR:
 
-An interrupted run resumes where it stopped (HTTP Range); a finished one is not repeated."""
+  --set dev   development set (Zenodo record 3819968: doc, meta and 16 audio archives,
+              about 28 GiB); DIR holds audio/, meta.csv and evaluation_setup/fold1_*.csv
+  --set eval  official evaluation set (Zenodo record 3685828: doc, meta and 8 audio
+              archives, about 12 GiB, no labels); DIR holds audio/0.wav ... and
+              evaluation_setup/fold1_test.csv (the `test` split)
+
+Use one folder per set. An interrupted run resumes where it stopped (HTTP Range); a
+finished one is not repeated."""
 
 
 def _positive_int(text: str) -> int:
@@ -63,14 +69,17 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from asc.data.download import DEFAULT_BASE_URL, download_tau2020
+    from asc.data.download import download_tau2020
     from asc.data.tau2020 import load_tau2020
 
-    root = download_tau2020(args.to, base_url=args.base_url or DEFAULT_BASE_URL,
+    root = download_tau2020(args.to, base_url=args.base_url, dataset=args.dataset,
                             keep_archives=args.keep_archives)
     data = load_tau2020(root)
-    print(f"{root}: {len(data.clips)} clips ({data.version}); train {len(data.split('train'))}, "
-          f"evaluate {len(data.split('evaluate'))}")
+    if args.dataset == "eval":
+        print(f"{root}: {len(data.clips)} clips ({data.version}); test {len(data.split('test'))}")
+    else:
+        print(f"{root}: {len(data.clips)} clips ({data.version}); train {len(data.split('train'))}, "
+              f"evaluate {len(data.split('evaluate'))}")
     return 0
 
 
@@ -118,11 +127,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(
-        "download", help="download the real development set (Zenodo 3819968)", formatter_class=fmt,
-        description=_DOWNLOAD_TEXT,
-        epilog="example:\n  asc data download --to data/tau2020")
-    p.add_argument("--to", required=True, help="dataset folder to create or complete")
-    p.add_argument("--base-url", default=None, help="where the archives are (default: the Zenodo record)")
+        "download", help="download the real development (Zenodo 3819968) or evaluation (3685828) set",
+        formatter_class=fmt, description=_DOWNLOAD_TEXT,
+        epilog="examples:\n  asc data download --to data/tau2020\n"
+               "  asc data download --set eval --to data/tau2020-eval")
+    p.add_argument("--to", required=True, metavar="DIR", help="dataset folder to create or complete")
+    p.add_argument("--set", dest="dataset", choices=("dev", "eval"), default="dev",
+                   help="dev: development set (default); eval: official evaluation set, unlabelled")
+    p.add_argument("--base-url", default=None,
+                   help="where the archives are (default: the set's Zenodo record)")
     p.add_argument("--keep-archives", action="store_true", help="keep the zip files after extraction")
     p.set_defaults(func=_download)
 

@@ -1,9 +1,11 @@
-"""Download TAU Urban Acoustic Scenes 2020 Mobile (development) from its public Zenodo record.
+"""Download TAU Urban Acoustic Scenes 2020 Mobile (development or evaluation set) from Zenodo.
 
-Each archive is fetched into `DIR/.download/NAME.part` (resumed with an HTTP Range request after an
+Each set is data in `DATASETS` (record, archive root, published archives), not a code path. Each
+archive is fetched into `DIR/.download/NAME.part` (resumed with an HTTP Range request after an
 interruption), checked against its published md5, then extracted — refusing absolute paths, '..'
-and links — so that DIR holds `audio/`, `meta.csv` and `evaluation_setup/`. A per-archive marker
-makes reruns skip finished archives; a final marker makes a rerun of a finished download a no-op.
+and links — so that DIR holds `audio/` and `evaluation_setup/` (plus `meta.csv` for the development
+set). A per-archive marker makes reruns skip finished archives; a final marker makes a rerun of a
+finished download a no-op. One DIR holds one set: the two share file names (fold1_test.csv).
 """
 
 from __future__ import annotations
@@ -62,6 +64,56 @@ DEVELOPMENT_PACKAGES: tuple[Package, ...] = (
     Package(f"{ARCHIVE_ROOT}.audio.15.zip", "4b5eb85f6592aebf846088d9df76b420", 1869032508),
     Package(f"{ARCHIVE_ROOT}.audio.16.zip", "2e0a89723e58a3836be019e6996ae460", 436971777),
 )
+
+EVAL_RECORD = 3685828
+EVAL_ARCHIVE_ROOT = "TAU-urban-acoustic-scenes-2020-mobile-evaluation"
+
+# The published archives of record 3685828 (the official evaluation set: anonymous audio/N.wav, no
+# labels, evaluation_setup/fold1_test.csv). Names, md5 sums and sizes as listed in DCASE-REPO/dcase_util,
+# dcase_util/datasets/tau.py, TAUUrbanAcousticScenes_2020_Mobile_EvaluationSet.package_list (whose
+# development entries equal DEVELOPMENT_PACKAGES above); the md5 sums also agree with soundata/soundata,
+# soundata/datasets/tau2020uas_mobile.py, REMOTES["evaluation.*"].
+EVALUATION_PACKAGES: tuple[Package, ...] = (
+    Package(f"{EVAL_ARCHIVE_ROOT}.doc.zip", "2f1ac2991111c6ee1d51bec6e27bd825", 8030),
+    Package(f"{EVAL_ARCHIVE_ROOT}.meta.zip", "b8d9bb50faa282be170b81dc57e2b8b3", 28811),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.1.zip", "632841f6b1ef9ed962ea61f879967411", 1668607729),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.2.zip", "711fb0469f9b66669a300ebd1de24e9b", 1674217327),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.3.zip", "575e517b826a5faf020be22ce766adf8", 1672649006),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.4.zip", "5919fcbe217964756892a9661323c020", 1665432028),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.5.zip", "c733767217f16c746f50796c65ca1dd6", 1680713648),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.6.zip", "f39feb24910ffc97413e9c94b418f7ab", 1670741441),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.7.zip", "90bad61f14163146702d430cf8241932", 1673394812),
+    Package(f"{EVAL_ARCHIVE_ROOT}.audio.8.zip", "4db5255382a5e5cab2d463c0d836b888", 1433443122),
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One downloadable set: its Zenodo record, the top folder inside its zips, and its archives."""
+
+    name: str                   # the `--set` value
+    record: int
+    root: str
+    packages: tuple[Package, ...]
+
+    @property
+    def base_url(self) -> str:
+        return f"https://zenodo.org/record/{self.record}/files/"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "dev": DatasetSpec("dev", ZENODO_RECORD, ARCHIVE_ROOT, DEVELOPMENT_PACKAGES),     # development set
+    "eval": DatasetSpec("eval", EVAL_RECORD, EVAL_ARCHIVE_ROOT, EVALUATION_PACKAGES),  # evaluation set
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The DATASETS entry for `name`; a DataError (not KeyError) for API callers with a typo."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+
 
 _TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
 
@@ -148,8 +200,8 @@ def fetch_package(pkg: Package, url: str, dest: Path, *, retries: int = 5, retry
         time.sleep(retry_wait * 2 ** (failures - 1))
 
 
-def _member_target(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath | None:
-    """Where a member goes, relative to the dataset folder; None for the archive's top folder."""
+def _member_target(archive: Path, info: zipfile.ZipInfo, root: str = ARCHIVE_ROOT) -> PurePosixPath | None:
+    """Where a member goes, relative to the dataset folder; None for the archive's top folder `root`."""
     name = info.filename.replace("\\", "/")
     path = PurePosixPath(name)
     if name.startswith("/") or (path.parts and ":" in path.parts[0]) or ".." in path.parts:
@@ -157,18 +209,18 @@ def _member_target(archive: Path, info: zipfile.ZipInfo) -> PurePosixPath | None
                         f"folder")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise DataError(f"{archive.name}: refusing member {info.filename!r}: links are not extracted")
-    parts = path.parts[1:] if path.parts and path.parts[0] == ARCHIVE_ROOT else path.parts
+    parts = path.parts[1:] if path.parts and path.parts[0] == root else path.parts
     return PurePosixPath(*parts) if parts else None
 
 
-def extract_archive(archive: Path, to: Path) -> int:
-    """Extract `archive` into `to` (top folder stripped), each file atomically; returns the file count."""
+def extract_archive(archive: Path, to: Path, root: str = ARCHIVE_ROOT) -> int:
+    """Extract `archive` into `to` (top folder `root` stripped), each file atomically; returns the count."""
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{archive}: not a readable zip archive ({exc}); delete it and rerun") from None
     with zf:
-        members = [(info, _member_target(archive, info)) for info in zf.infolist()]  # check all first
+        members = [(info, _member_target(archive, info, root)) for info in zf.infolist()]  # check all first
         count = 0
         for info, rel in members:
             if rel is None:
@@ -186,12 +238,37 @@ def extract_archive(archive: Path, to: Path) -> int:
     return count
 
 
-def download_tau2020(to: str | os.PathLike, base_url: str = DEFAULT_BASE_URL,
-                     packages: Sequence[Package] = DEVELOPMENT_PACKAGES, *, keep_archives: bool = False,
-                     retries: int = 5, retry_wait: float = 2.0, timeout: float = 60.0,
-                     log=print) -> Path:
-    """Fetch, verify and extract every package into `to`; safe to rerun after any interruption."""
+def _refuse_other_set(to: Path, spec: DatasetSpec) -> None:
+    """Stop before mixing two sets in one folder: both have evaluation_setup/fold1_test.csv."""
+    marker = to / COMPLETE_MARKER
+    if marker.is_file():
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8")).get("record")
+        except (OSError, ValueError):
+            record = None
+        if record is not None and record != spec.record:
+            other = next((d.name for d in DATASETS.values() if d.record == record), f"record {record}")
+            raise DataError(f"{to}: already holds the {other} set (Zenodo {record}); download --set "
+                            f"{spec.name} into another folder")
+    work = to / DOWNLOAD_DIR
+    if work.is_dir():
+        for other in DATASETS.values():
+            if other.root != spec.root and any(work.glob(f"{other.root}.*.done")):
+                raise DataError(f"{to}: holds part of the {other.name} set; download --set {spec.name} "
+                                f"into another folder")
+
+
+def download_tau2020(to: str | os.PathLike, base_url: str | None = None,
+                     packages: Sequence[Package] | None = None, *, dataset: str = "dev",
+                     keep_archives: bool = False, retries: int = 5, retry_wait: float = 2.0,
+                     timeout: float = 60.0, log=print) -> Path:
+    """Fetch, verify and extract every package of `dataset` (a DATASETS key) into `to`; safe to rerun
+    after any interruption. `base_url` and `packages` override the record's (mirrors, tests)."""
+    spec = dataset_spec(dataset)
+    base_url = base_url or spec.base_url
+    packages = spec.packages if packages is None else packages
     to = Path(to)
+    _refuse_other_set(to, spec)
     names = [p.filename for p in packages]
     marker = to / COMPLETE_MARKER
     if marker.is_file():
@@ -219,9 +296,9 @@ def download_tau2020(to: str | os.PathLike, base_url: str = DEFAULT_BASE_URL,
         log(f"[{i}/{len(packages)}] {pkg.filename}")
         archive = fetch_package(pkg, base + pkg.filename, work / pkg.filename, retries=retries,
                                 retry_wait=retry_wait, timeout=timeout)
-        count = extract_archive(archive, to)
+        count = extract_archive(archive, to, spec.root)
         atomic_write_json(done_marker, {"md5": pkg.md5, "files": count})
         if not keep_archives:
             archive.unlink()
-    atomic_write_json(marker, {"record": ZENODO_RECORD, "base_url": base, "packages": names})
+    atomic_write_json(marker, {"record": spec.record, "base_url": base, "packages": names})
     return to

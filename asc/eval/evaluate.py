@@ -68,18 +68,6 @@ def read_history(path: Path) -> list[dict]:
     return history
 
 
-def _read_recipe(run_dir: Path, ckpt: Mapping) -> dict:
-    from asc.config import load_yaml
-
-    path = run_dir / "recipe.yaml"
-    if path.is_file():
-        return load_yaml(path)
-    if isinstance(ckpt.get("recipe"), Mapping):
-        return dict(ckpt["recipe"])
-    raise AscError(f"{path}: missing, and the checkpoint carries no recipe; is {run_dir} a run folder "
-                   "written by `asc train`?")
-
-
 def _recipe_value(recipe: Mapping, dotted: str, path: Path, default: Any = None) -> Any:
     node: Any = recipe
     for part in dotted.split("."):
@@ -89,16 +77,6 @@ def _recipe_value(recipe: Mapping, dotted: str, path: Path, default: Any = None)
             raise AscError(f"{path}: the recipe has no {dotted}; re-create the run with `asc train`")
         node = node[part]
     return node
-
-
-def _checkpoint_path(run_dir: Path, which: str) -> Path:
-    path = run_dir / "checkpoints" / f"{which}.pt"
-    if not path.is_file():
-        found = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
-        hint = (f"available: {', '.join(found)} (--checkpoint)" if found
-                else "train the run first with `asc train`")
-        raise AscError(f"{path}: no such checkpoint; {hint}")
-    return path
 
 
 def training_precision(run_dir: Path, recipe: Mapping) -> str:
@@ -111,16 +89,6 @@ def training_precision(run_dir: Path, recipe: Mapping) -> str:
         return env["precision"]
     amp = (recipe.get("train") or {}).get("amp", "off")
     return "float32" if amp in ("off", False) else f"{amp} autocast (assumed)"
-
-
-def _pick_device(device: str | None) -> str:
-    import torch
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise AscError("--device cuda: no CUDA device is available here; use --device cpu")
-    return device
 
 
 # ----------------------------------------------------------------------------- data
@@ -205,38 +173,19 @@ def load_split(recipe: Mapping, split: str, recipe_path: Path, cache_dir: str | 
 
 def run_model(model, dataset, *, device: str, batch_size: int, workers: int = 0, logits: bool = True,
               desc: str = "evaluate") -> tuple[np.ndarray | None, np.ndarray]:
-    """(logits (N, K) or None, embeddings (N, D)) of every item of `dataset`, in order, float32.
-
-    Uses the model's single-pass `forward_with_embedding` when it has one; otherwise `forward` and
-    `embed` (two passes) or `embed` alone when logits are not needed.
-    """
-    import torch
+    """(logits (N, K) or None, embeddings (N, D)) of every item of `dataset`, in order, float32,
+    through the one inference function."""
     from torch.utils.data import DataLoader
 
-    from asc.progress import progress
+    from asc.eval.inference import infer
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device == "cuda", persistent_workers=False)
-    both = getattr(model, "forward_with_embedding", None)
-    out_logits, out_embed = [], []
-    model.eval()
-    with torch.inference_mode():
-        for batch in progress(loader, desc=desc, total=len(loader), unit="batch"):
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            x = x.to(device, non_blocking=True).float()
-            if logits and both is not None:
-                z, e = both(x)
-            elif logits:
-                z, e = model(x), model.embed(x)
-            else:
-                z, e = None, model.embed(x)
-            if z is not None:
-                out_logits.append(z.float().cpu().numpy())
-            out_embed.append(e.float().reshape(e.shape[0], -1).cpu().numpy())
-    if not out_embed:
+    z, e, _ = infer(model, loader, device=device,
+                    logits=logits, embed=True, progress_desc=desc, total=len(loader))
+    if e is None:
         raise DataError(f"{desc}: the split has no clips")
-    embed = np.concatenate(out_embed)
-    return (np.concatenate(out_logits) if logits else None), embed
+    return (z.numpy() if z is not None else None), e.numpy()
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -254,15 +203,13 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     import torch
 
     from asc.eval.report import build_report, write_predictions, write_report
-    from asc.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from asc.runs import load_run
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AscError(f"{run_dir}: no such run folder")
-    device = _pick_device(device)
-    ckpt_path = _checkpoint_path(run_dir, checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    recipe = _read_recipe(run_dir, ckpt)
+    trained = load_run(run_dir, checkpoint, device)
+    device, recipe, spec, ckpt_path = trained.device, trained.recipe, trained.spec, trained.checkpoint
     recipe_path = run_dir / "recipe.yaml"
 
     if batch_size is None:
@@ -273,13 +220,11 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     eval_split = split or recipe_split
     train_split = _recipe_value(recipe, "data.train_split", recipe_path, default="train")
     data = load_split(recipe, eval_split, recipe_path, None if cache_dir is None else str(cache_dir))
-    spec = ckpt.get("model_spec") or {}
     if spec.get("num_classes") not in (None, len(data.class_names)):
         raise AscError(f"{ckpt_path}: the model has {spec['num_classes']} classes but split {eval_split!r} "
                        f"has {len(data.class_names)}; is the recipe's data the one this run was trained on?")
 
-    model = model_from_checkpoint(ckpt).to(device)
-    del ckpt["model"]
+    model = trained.model
     logits, embeddings = run_model(model, data.dataset, device=device, batch_size=batch_size,
                                    workers=workers, desc=f"evaluate {eval_split}")
     labelled = bool((data.labels >= 0).any())
@@ -304,7 +249,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         "norm": recipe.get("norm") or spec.get("norm"),
         "seed": recipe.get("seed"),
         "checkpoint": checkpoint,
-        "epoch": ckpt.get("epoch"),
+        "epoch": trained.epoch,
         "model_params": model_cfg.get("params") or spec.get("params"),
         "device": device,
         "epochs": (recipe.get("train") or {}).get("epochs"),

@@ -7,7 +7,7 @@ a single uninterrupted process sees.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,10 @@ class TaskData:
     in_channels: int
     class_names: list[str]
     kind: str  # "spectrogram" or "image"
+    #: raw batch -> model input, on the batch's device (images arrive as uint8); None: as float32
+    transform: Callable[[Tensor], Tensor] | None = None
+    #: the feature config the inputs were computed with (spectrograms), recorded in the run folder
+    feature_config: dict | None = None
 
 
 class _ImageSet(Dataset):
@@ -48,14 +52,14 @@ class _ImageSet(Dataset):
 def load_task_data(recipe: dict) -> TaskData:
     data = recipe["data"]
     if recipe["task"] == "cifar100":
-        from asc.data.cifar import load_cifar100
+        from asc.data.cifar import load_cifar100, normalize_images
 
         c = load_cifar100(data["root"])
         to_t = lambda imgs: torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # noqa: E731
         return TaskData(_ImageSet(to_t(c.train.images), c.train.labels),
                         _ImageSet(to_t(c.test.images), c.test.labels),
                         num_classes=len(c.classes), in_channels=3, class_names=list(c.classes),
-                        kind="image")
+                        kind="image", transform=normalize_images)
     from asc.features.dataset import FeatureDataset
 
     cache_dir = Path(data["cache_dir"])
@@ -67,7 +71,7 @@ def load_task_data(recipe: dict) -> TaskData:
     if len(train) == 0:
         raise AscError(f"{cache_dir}: the cache has no clips of split {data['train_split']!r}")
     return TaskData(train, evaluate, num_classes=len(train.scenes), in_channels=int(train.shape[0]),
-                    class_names=list(train.scenes), kind="spectrogram")
+                    class_names=list(train.scenes), kind="spectrogram", feature_config=train.feature_config)
 
 
 class StepSampler(Sampler[list[int]]):

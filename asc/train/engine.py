@@ -31,10 +31,11 @@ from torch import nn
 import asc
 from asc.config import dump_yaml, load_yaml
 from asc.errors import AscError
+from asc.eval.inference import infer
 from asc.fileio import atomic_write_json, atomic_write_text
 from asc.progress import progress
+from asc.runs import FEATURES_FILE, build_model, load_checkpoint, save_checkpoint
 from asc.train import data as tdata
-from asc.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from asc.train.recipe import resume_mismatch
 from asc.train.schedule import keras_decay, learning_rate
 
@@ -216,9 +217,13 @@ class Trainer:
         recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
         self._prepare_run_dir()
         seed_everything(recipe["seed"])
-        task = tdata.load_task_data(recipe)
+        task = self._task = tdata.load_task_data(recipe)
+        if ctx.main and task.feature_config is not None:
+            # what predictions on new audio must compute, whatever becomes of the cache or the YAML
+            atomic_write_text(self.run_dir / FEATURES_FILE, dump_yaml(task.feature_config))
         spec = {"name": recipe["model"]["name"], "num_classes": task.num_classes,
-                "in_channels": task.in_channels, "norm": recipe["norm"], "params": recipe["model"]["params"]}
+                "in_channels": task.in_channels, "norm": recipe["norm"], "params": recipe["model"]["params"],
+                "classes": list(task.class_names)}
         model = self._wrap(build_model(spec))
         optimizer = make_optimizer(model, tr)
         start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
@@ -355,34 +360,16 @@ class Trainer:
             raise TrainingDiverged(f"loss is {float(done[first])} at epoch {epoch + 1}, step {first + 1}; "
                                    f"stopping ({keep}); try a lower train.lr or train.grad_clip")
 
-    @torch.inference_mode()
     def _predict(self, model: nn.Module, dataset, want_embed: bool = False):
-        model.eval()
-        tr = self.recipe["train"]
+        """Logits, labels and (optionally) embeddings of a dataset, through the one inference function."""
         workers = self.recipe["data"]["num_workers"] if hasattr(dataset, "records") else 0
-        loader = tdata.eval_loader(dataset, tr["eval_batch_size"], workers)
-        outs, embeds, labels = [], [], []
-        for x, y in loader:
-            if x.dtype == torch.uint8:
-                from asc.data.cifar import normalize_images
-
-                x = normalize_images(x)
-            x = x.to(self.ctx.device, non_blocking=True).float()
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                if want_embed:
-                    logits, feats = forward_with_embedding(model, x)
-                    embeds.append(feats.float().cpu())
-                else:
-                    logits = model(x)
-            outs.append(logits.float().cpu())
-            labels.append(torch.as_tensor(y))
-        model.train()
-        logits = torch.cat(outs) if outs else torch.zeros(0)
-        feats = torch.cat(embeds) if embeds else None
-        return logits, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), feats
+        loader = tdata.eval_loader(dataset, self.recipe["train"]["eval_batch_size"], workers,
+                                   pin_memory=self.ctx.device.type == "cuda")
+        logits, embeds, labels = infer(model, loader, device=self.ctx.device, transform=self._task.transform,
+                                       embed=want_embed)
+        if logits is None:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.long), None
+        return logits, labels, embeds
 
     def _evaluate(self, model: nn.Module, task: tdata.TaskData) -> dict:
         logits, labels, _ = self._predict(model, task.eval)
@@ -438,13 +425,6 @@ class Trainer:
             for k, v in (r.get("angles") or {}).items():
                 if v is not None:
                     writer.add_scalar(f"angles/{k}", v, r["epoch"])
-
-
-def forward_with_embedding(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and classification-layer features in one pass when the model offers it."""
-    if hasattr(model, "forward_with_embedding"):
-        return model.forward_with_embedding(x)
-    return model(x), model.embed(x)
 
 
 def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False,

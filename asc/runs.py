@@ -1,0 +1,173 @@
+"""A run folder, as `asc train` writes it and everything else reads it; the one way to rebuild a model.
+
+    recipe.yaml        the resolved recipe
+    features.yaml      the feature config the run trained on (DCASE runs), as the cache recorded it
+    env.json           versions, device, world size, training precision
+    metrics.jsonl      one JSON object per epoch
+    checkpoints/last.pt, checkpoints/best.pt
+    COMPLETED          written when the last epoch is done (summary JSON)
+
+Checkpoints are plain dicts of tensors and primitives, written atomically and read with
+`weights_only=True`: {"format", "epoch", "model", "model_spec", "optimizer", "recipe", "metrics",
+"best"}. `model_spec` ({name, num_classes, in_channels, norm, params}) is enough to rebuild the network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asc.errors import AscError
+
+FORMAT = "asc-checkpoint/1"
+FEATURES_FILE = "features.yaml"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    from asc.fileio import atomic_torch_save
+
+    atomic_torch_save({"format": FORMAT, **state}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint of ours with weights_only=True; one-line errors for anything else."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise AscError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        # torch's own message ends with advice to load unsafely: never pass that on
+        why = ("it holds Python objects besides tensors and plain values, which are never loaded"
+               if "weights only" in str(exc).lower() else "truncated, corrupt or not a torch file")
+        raise AscError(f"{path}: not a readable asc-l2bn checkpoint ({why}); retrain the run, or use the "
+                       "other checkpoint (--checkpoint last/best)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise AscError(f"{path}: not an asc-l2bn checkpoint (format {FORMAT} expected)")
+    return ckpt
+
+
+def build_model(spec: Mapping[str, Any]):
+    """The untrained network a model_spec describes."""
+    from asc.models import create_model
+
+    return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                        norm=spec["norm"], **spec.get("params", {}))
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any]):
+    """Rebuild the network of a checkpoint, load its weights, and put it in eval mode."""
+    model = build_model(ckpt["model_spec"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    if not path.is_file():
+        if not run_dir.is_dir():
+            raise AscError(f"{run_dir}: no such run folder")
+        found = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+        hint = (f"available: {', '.join(found)} (--checkpoint)" if found
+                else "train the run first with `asc train`")
+        raise AscError(f"{path}: no such checkpoint; {hint}")
+    return path
+
+
+def read_recipe(run_dir: str | os.PathLike, ckpt: Mapping[str, Any] | None = None) -> dict:
+    """recipe.yaml of the run, or the copy its checkpoint carries."""
+    from asc.config import load_yaml
+
+    path = Path(run_dir) / "recipe.yaml"
+    if path.is_file():
+        return load_yaml(path)
+    if ckpt is not None and isinstance(ckpt.get("recipe"), Mapping):
+        return dict(ckpt["recipe"])
+    raise AscError(f"{path}: missing, and the checkpoint carries no recipe; is {run_dir} a run folder "
+                   "written by `asc train`?")
+
+
+def feature_config(run_dir: str | os.PathLike, recipe: Mapping[str, Any]) -> dict:
+    """The feature config a DCASE run trained on: RUN/features.yaml, else its cache's manifest, else the
+    recipe's feature file (only if it still hashes as the cache did)."""
+    from asc.config import load_yaml
+    from asc.features.logmel import feature_hash, load_feature_config, resolve_feature_config
+
+    path = Path(run_dir) / FEATURES_FILE
+    if path.is_file():
+        return resolve_feature_config(load_yaml(path), str(path))
+    cache_dir = (recipe.get("data") or {}).get("cache_dir")
+    manifest = Path(cache_dir) / "manifest.json" if cache_dir else None
+    if manifest is not None and manifest.is_file():
+        from asc.features.cache import read_manifest
+
+        found = read_manifest(cache_dir)
+        if isinstance(found.get("feature_config"), Mapping):
+            return resolve_feature_config(found["feature_config"], str(manifest))
+    if recipe.get("features"):
+        cfg = load_feature_config(recipe["features"])
+        expected = Path(cache_dir).name.rsplit("-", 1)[-1] if cache_dir else None
+        if expected is None or feature_hash(cfg) == expected:
+            return cfg
+    raise AscError(f"{run_dir}: cannot tell which features the run trained on (no {FEATURES_FILE}, no "
+                   "feature cache); copy the run's feature config there as features.yaml")
+
+
+@dataclass
+class TrainedRun:
+    """A run's model in eval mode on `device`, with what is needed to feed and describe it."""
+
+    model: Any
+    recipe: dict
+    spec: dict
+    checkpoint: Path
+    epoch: int | None
+    device: str
+
+
+def class_names(trained: TrainedRun) -> list[str]:
+    """Class names in the order of the model's outputs."""
+    names = trained.spec.get("classes")
+    if names:
+        return [str(n) for n in names]
+    if trained.recipe.get("task", "dcase") == "dcase":
+        from asc.data.tau2020 import SCENES
+
+        if trained.spec.get("num_classes") == len(SCENES):
+            return list(SCENES)
+    return [str(i) for i in range(int(trained.spec.get("num_classes", 0)))]
+
+
+def pick_device(device: str | None) -> str:
+    """auto/None: cuda when available, else cpu; an explicit cuda without one is an error."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AscError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str | None = "cpu") -> TrainedRun:
+    """Rebuild a run's trained model from its folder."""
+    device = pick_device(device)
+    path = checkpoint_path(run_dir, checkpoint)
+    ckpt = load_checkpoint(path)
+    recipe = read_recipe(run_dir, ckpt)
+    spec = dict(ckpt.get("model_spec") or {})
+    if not spec:
+        raise AscError(f"{path}: the checkpoint has no model_spec; it was not written by `asc train`")
+    try:
+        model = model_from_checkpoint(ckpt)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise AscError(f"{path}: the weights do not fit the model it names ({first[:200]})") from None
+    return TrainedRun(model=model.to(device), recipe=recipe, spec=spec, checkpoint=path,
+                      epoch=ckpt.get("epoch"), device=device)
