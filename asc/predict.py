@@ -13,10 +13,13 @@ import argparse
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: files decoded ahead of the one being scored
+_PREFETCH = 4
 #: a shortfall up to this many seconds is rounding (e.g. a resampled 10-s file), not a short clip
 LENGTH_TOLERANCE_S = 0.05
 
@@ -117,7 +120,9 @@ class Predictor:
 
         from asc.eval.inference import infer
 
-        batches = (self.extractor(torch.from_numpy(waves[i:i + self.batch_size]))
+        # features one window at a time (on a CPU 2.5x faster per window than a batched STFT, whose
+        # buffers outgrow the caches), the model in batches
+        batches = (torch.cat([self.extractor(torch.from_numpy(w)) for w in waves[i:i + self.batch_size]])
                    for i in range(0, len(waves), self.batch_size))
         logits, _, _ = infer(self.model, batches, device=self.device)
         return torch.softmax(logits.double(), dim=1).numpy()
@@ -186,20 +191,36 @@ class Predictor:
             pending.clear()
             buffer.clear()
 
-        bar = progress(paths, desc="predict", total=len(paths), unit="file", enabled=show_progress)
-        for path in bar:
+        def load(path: str) -> Any:
             try:
-                wave = self.load(path)
+                return self.load(path)
             except DataError as exc:
-                if not skip_bad:
-                    raise
-                bad.append((path, str(exc)))
-                continue
-            windows, starts, padded = self._windows(wave)
-            pending.append((path, len(wave), starts, padded, len(windows)))
-            buffer.append(windows)
-            if sum(len(b) for b in buffer) >= self.batch_size:
-                flush()
+                return exc
+
+        # decode a few files ahead in a thread (libsndfile and soxr release the GIL) while the
+        # features and the model of earlier files run
+        bar = progress(total=len(paths), desc="predict", unit="file", enabled=show_progress)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = [pool.submit(load, p) for p in paths[:_PREFETCH]]
+            for i, path in enumerate(paths):
+                wave = ahead[i].result()
+                ahead[i] = None
+                if i + _PREFETCH < len(paths):
+                    ahead.append(pool.submit(load, paths[i + _PREFETCH]))
+                bar.update(1)
+                if isinstance(wave, DataError):
+                    if not skip_bad:
+                        for future in ahead[i + 1:]:
+                            future.cancel()
+                        raise wave
+                    bad.append((path, str(wave)))
+                    continue
+                windows, starts, padded = self._windows(wave)
+                pending.append((path, len(wave), starts, padded, len(windows)))
+                buffer.append(windows)
+                if sum(len(b) for b in buffer) >= self.batch_size:
+                    flush()
+        bar.close()
         flush()
         return results, bad
 
