@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"asc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a permission, a vanished file: the path and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"asc {args.command}: error: {where}{exc.strerror or exc}; fix this and rerun (files are "
+              "written atomically: none is left half-written)", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -164,6 +164,13 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
     spec = dict(ckpt.get("model_spec") or {})
     if not spec:
         raise AscError(f"{path}: the checkpoint has no model_spec; it was not written by `asc train`")
+    import torch
+
+    bad = next((k for k, v in ckpt.get("model", {}).items()
+                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise AscError(f"{path}: {bad} holds NaN/Inf values: the run diverged before this checkpoint; "
+                       "retrain it (e.g. lower train.lr), or try the other checkpoint (--checkpoint)")
     try:
         model = model_from_checkpoint(ckpt)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:

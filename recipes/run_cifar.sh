@@ -15,6 +15,8 @@
 #   3 compare   BN vs L2BN table over seeds (asc compare)
 set -euo pipefail
 
+script=run_cifar
+task=cifar100
 stage=0
 stop_stage=3
 profile=quick
@@ -35,7 +37,7 @@ Options (default):
   --stage N / --stop-stage N   first / last stage to run ($stage / $stop_stage)
   --profile quick|paper        recipe profile ($profile)
   --models "..."               recipes/cifar100/<model>.yaml to train ("$models")
-  --norms "..."                norm kinds ("$norms")
+  --norms "..."                norm kinds ("$norms"; Table 5: bn ln in gn4 gn8 sn bcn bin l2bn)
   --seeds "..."                seeds ("$seeds"; the paper uses 121-125)
   --device auto|cpu|cuda       training device ($device)
   --gpus N                     processes per node via torchrun ($gpus)
@@ -48,79 +50,55 @@ Options (default):
 EOF
 }
 
-while [ $# -gt 0 ]; do
+extra_option() {
   case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage|--stop_stage) stop_stage=$2; shift 2 ;;
-    --profile) profile=$2; shift 2 ;;
-    --models) models=$2; shift 2 ;;
-    --norms) norms=$2; shift 2 ;;
-    --seeds) seeds=$2; shift 2 ;;
-    --device) device=$2; shift 2 ;;
-    --gpus) gpus=$2; shift 2 ;;
-    --data) data=$2; shift 2 ;;
-    --preset) preset=$2; shift 2 ;;
-    --synth) synth=$2; shift 2 ;;
-    --set) overrides+=(--set "$2"); shift 2 ;;
-    --tag) tag=_$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "run_cifar.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    --tag) tag=_$2 ;;
+    *) return 1 ;;
   esac
-done
+}
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-exp=${exp:-exp/cifar100_${profile}}
-
-py=$(bash scripts/setup.sh)
-script=run_cifar
 # shellcheck source=recipes/stages.sh
-source recipes/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
+parse_options "$@"
+exp=${exp:-exp/cifar100_${profile}}
+setup
 
 given_data=$data
 data=${data:-${synth:-data/cifar100_synth_${preset}}}
+plan_runs
 
 if in_stage 0; then
+  stage_begin 0 data
   if [ -f "$data/cifar-100-python/meta" ] || [ -f "$data/meta" ]; then
     log "stage 0: using CIFAR-100 in $data"
-  elif [ -n "$given_data" ]; then
-    echo "run_cifar.sh: --data $given_data: no CIFAR-100 there; give the cifar-100-python folder" \
-         "(with train, test, meta) or its parent" >&2
-    exit 2
   else
+    [ -z "$given_data" ] || die "--data $given_data: no CIFAR-100 there; give the cifar-100-python folder" \
+      "(with train, test, meta) or its parent"
     log "stage 0: build a synthetic CIFAR-100 ($preset) in $data"
     asc data synth-cifar --out "$data" --preset "$preset"
   fi
+  stage_end
 fi
 
-run_dirs=()
-run_specs=()   # "model norm seed" of each run, in the order of run_dirs
-for model in $models; do
-  for norm in $norms; do
-    for seed in $seeds; do
-      run_dirs+=("$exp/${model}_${profile}_${norm}${tag}_seed${seed}")
-      run_specs+=("$model $norm $seed")
-    done
-  done
-done
-
 if in_stage 1; then
+  stage_begin 1 train
   log "stage 1: train ${#run_dirs[@]} run(s): models [$models] x norms [$norms] x seeds [$seeds]"
-  for i in "${!run_dirs[@]}"; do
-    read -r model norm seed <<<"${run_specs[$i]}"
-    train_run "${run_dirs[$i]}" --recipe "recipes/cifar100/$model.yaml" --profile "$profile" --norm "$norm" \
-      --seed "$seed" --set "data.root=$data" "${overrides[@]}"
-  done
+  train_all --set "data.root=$(cd "$data" && pwd)"
+  stage_end
 fi
 
 if in_stage 2; then
+  stage_begin 2 evaluate
   log "stage 2: evaluate ${#run_dirs[@]} run(s)"
   evaluate_runs "${run_dirs[@]}"
+  stage_end
 fi
 
 if in_stage 3; then
+  stage_begin 3 compare
   log "stage 3: compare"
   asc compare "${run_dirs[@]}" --out "$exp/compare${tag}"
   log "comparison report: $exp/compare${tag}/compare.md"
+  stage_end
 fi
+stage_times

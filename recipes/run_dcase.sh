@@ -14,6 +14,8 @@
 #   4 compare   BN vs L2BN table over seeds (asc compare)
 set -euo pipefail
 
+script=run_dcase
+task=dcase2020
 stage=0
 stop_stage=4
 profile=quick
@@ -33,7 +35,7 @@ nj=2
 synth=""
 overrides=()
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF2
 Options (default):
   --stage N / --stop-stage N   first / last stage to run ($stage / $stop_stage)
   --profile quick|paper        recipe profile ($profile)
@@ -47,45 +49,30 @@ Options (default):
   --preset tiny|small|full     size of the synthetic set when no data is given ($preset)
   --synth DIR                  where to build it (data/synth_<preset>_seed<seed>)
   --set KEY=VALUE              recipe override for every run, e.g. train.epochs=10 (repeatable)
-  --features YAML              feature config ($features)
+  --features YAML              feature config, for extraction and every run ($features)
   --cache DIR                  feature cache root ($cache)
   --exp DIR                    experiment folder (exp/dcase2020_<profile>)
   --nj N                       feature-extraction workers ($nj)
-EOF
+EOF2
 }
 
-while [ $# -gt 0 ]; do
+extra_option() {
   case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage|--stop_stage) stop_stage=$2; shift 2 ;;
-    --profile) profile=$2; shift 2 ;;
-    --models) models=$2; shift 2 ;;
-    --norms) norms=$2; shift 2 ;;
-    --seeds) seeds=$2; shift 2 ;;
-    --device) device=$2; shift 2 ;;
-    --gpus) gpus=$2; shift 2 ;;
-    --data) data=$2; shift 2 ;;
-    --download) download=$2; shift 2 ;;
-    --preset) preset=$2; shift 2 ;;
-    --synth) synth=$2; shift 2 ;;
-    --set) overrides+=(--set "$2"); shift 2 ;;
-    --features) features=$2; shift 2 ;;
-    --cache) cache=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --nj) nj=$2; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "run_dcase.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    --download) download=$2 ;;
+    --features) features=$2 ;;
+    --cache) cache=$2 ;;
+    --nj) nj=$2 ;;
+    *) return 1 ;;
   esac
-done
+}
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-exp=${exp:-exp/dcase2020_${profile}}
-
-py=$(bash scripts/setup.sh)
-script=run_dcase
 # shellcheck source=recipes/stages.sh
-source recipes/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
+parse_options "$@"
+exp=${exp:-exp/dcase2020_${profile}}
+setup
+[ -f "$features" ] || die "--features $features: no such feature config"
+features=$(cd "$(dirname "$features")" && pwd)/$(basename "$features")
 
 given_data=$data
 if [ -n "$download" ]; then
@@ -95,58 +82,53 @@ elif [ -z "$data" ]; then
 fi
 extract_device=$device
 [ "$extract_device" = auto ] && extract_device=cpu
+plan_runs
 
 if in_stage 0; then
+  stage_begin 0 data
   if [ -n "$download" ]; then
     log "stage 0: download TAU Urban Acoustic Scenes 2020 Mobile into $data"
     asc data download --to "$data"
   elif [ ! -f "$data/meta.csv" ] && [ ! -f "$data/evaluation_setup/fold1_test.csv" ]; then
-    if [ -n "$given_data" ]; then
-      echo "run_dcase.sh: --data $given_data: no meta.csv or evaluation_setup/ there; give the folder" \
-           "that holds audio/, meta.csv and evaluation_setup/ (or --download DIR to fetch it)" >&2
-      exit 2
-    fi
+    [ -z "$given_data" ] || die "--data $given_data: no meta.csv or evaluation_setup/ there; give the folder" \
+      "that holds audio/, meta.csv and evaluation_setup/ (or --download DIR to fetch it)"
     log "stage 0: build the synthetic TAU-format set ($preset) in $data"
     asc data synth --out "$data" --preset "$preset" --seed "$synth_seed" --workers "$nj"
   else
     log "stage 0: using the dataset in $data"
   fi
   asc data check "$data" --audio none
+  stage_end
 fi
 
 if in_stage 1; then
+  stage_begin 1 features
   log "stage 1: extract features ($features) into $cache"
   asc extract --data "$data" --features "$features" --out "$cache" --workers "$nj" --device "$extract_device" \
     --splits train,evaluate
+  stage_end
 fi
 
-run_dirs=()
-run_specs=()   # "model norm seed" of each run, in the order of run_dirs
-for model in $models; do
-  for norm in $norms; do
-    for seed in $seeds; do
-      run_dirs+=("$exp/${model}_${profile}_${norm}_seed${seed}")
-      run_specs+=("$model $norm $seed")
-    done
-  done
-done
-
 if in_stage 2; then
+  stage_begin 2 train
   log "stage 2: train ${#run_dirs[@]} run(s): models [$models] x norms [$norms] x seeds [$seeds], profile $profile"
-  for i in "${!run_dirs[@]}"; do
-    read -r model norm seed <<<"${run_specs[$i]}"
-    train_run "${run_dirs[$i]}" --recipe "recipes/dcase2020/$model.yaml" --profile "$profile" --norm "$norm" \
-      --seed "$seed" --set "data.cache=$cache" "${overrides[@]}"
-  done
+  # the same features the cache holds, whatever the recipe names
+  train_all --set "features=$features" --set "data.cache=$cache"
+  stage_end
 fi
 
 if in_stage 3; then
+  stage_begin 3 evaluate
   log "stage 3: evaluate ${#run_dirs[@]} run(s)"
   evaluate_runs "${run_dirs[@]}"
+  stage_end
 fi
 
 if in_stage 4; then
+  stage_begin 4 compare
   log "stage 4: compare BN and L2BN"
   asc compare "${run_dirs[@]}" --out "$exp/compare"
   log "comparison report: $exp/compare/compare.md"
+  stage_end
 fi
+stage_times

@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-probe='import os, sys, asc, torch, torchaudio, librosa, soundfile, yaml, tqdm, matplotlib
+probe='import os, sys, asc, torch, torchaudio, librosa, soundfile, yaml, tqdm, matplotlib, tensorboard
 sys.exit(0 if os.path.realpath(os.path.dirname(asc.__file__)) == os.path.realpath(sys.argv[1]) else 1)'
 
 works() { "$1" -c "$probe" "$root/asc" >/dev/null 2>&1; }

@@ -78,7 +78,7 @@ def test_means_stds_and_differences(runs, tmp_path):
 
     assert markdown.splitlines()[0].startswith("> **Synthetic data")
     assert "| resnet17 | bn | 3 | 72.00 ± 2.00 |" in markdown
-    assert "| resnet17 | **l2bn − bn** |  | +2.00 |" in markdown
+    assert "| resnet17 | **l2bn − bn** |  | +2.00" in markdown
     assert "| fcnn | l2bn | 1 | 69.00 |" in markdown
     assert (out / "compare.md").read_text() == markdown
     saved = json.loads((out / "compare.json").read_text())
@@ -116,6 +116,62 @@ def test_mixed_datasets_and_shared_seeds_are_flagged(tmp_path):
     assert any("share a seed" in w for w in summary["warnings"])
     assert summary["synthetic"] is True
     assert markdown.startswith("> **Synthetic data")
+
+
+def test_paired_statistics_against_a_hand_computed_t_interval():
+    from asc.eval.compare import paired_test
+
+    # differences 1, 2, 3: mean 2, sample sd 1, se 1/sqrt(3); t(0.975, df 2) = 4.302652729911275,
+    # t = 2 sqrt(3) = 3.4641, two-sided p = 0.07418 (t tables)
+    r = paired_test([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / np.sqrt(3)
+    assert r["n"] == 3 and r["diff_mean"] == pytest.approx(2.0)
+    assert r["diff_ci95"] == pytest.approx([2 - half, 2 + half])
+    assert r["p_value"] == pytest.approx(0.07418, abs=1e-4)
+    one = paired_test([0.5])
+    assert one["diff_ci95"] is None and one["p_value"] is None and "single pair" in one["note"]
+
+
+def test_runs_sharing_a_seed_are_pairs_and_the_table_marks_clear_differences(tmp_path):
+    root = tmp_path / "runs"
+    accs = {"bn": [0.70, 0.72, 0.71, 0.69], "l2bn": [0.74, 0.75, 0.745, 0.73]}
+    runs = [_fake_run(root, f"fcnn-{norm}-{seed}", "fcnn", norm, seed, acc, acc, 0.8 - 0.1 * (norm == "l2bn"))
+            for norm, values in accs.items() for seed, acc in enumerate(values)]
+    runs.append(_fake_run(root, "fcnn-l2bn-9", "fcnn", "l2bn", 9, 0.5, 0.5, 0.7))  # no BN partner
+    summary, markdown, out = compare_runs(runs, tmp_path / "cmp")
+    paired = summary["differences"][0]["paired"]
+    d = np.array(accs["l2bn"]) - np.array(accs["bn"])
+    assert paired["n"] == 4 and paired["seeds"] == [0, 1, 2, 3]
+    assert paired["diff_mean"] == pytest.approx(d.mean())
+    from scipy import stats
+
+    assert paired["p_value"] == pytest.approx(stats.ttest_rel(accs["l2bn"], accs["bn"]).pvalue)
+    lo, hi = paired["diff_ci95"]
+    assert lo > 0 and hi > lo
+    assert set(paired) >= {"log_loss", "iir_train", "iir_test", "device_groups"}
+    saved = json.loads((out / "compare.json").read_text())["differences"][0]["paired"]
+    assert saved["n"] == 4 and saved["diff_ci95"] == pytest.approx([lo, hi]) and "p_value" in saved
+    assert "## Paired differences" in markdown and " †" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| fcnn | l2bn − bn | 4 |"))
+    assert f"{100 * d.mean():+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}] †" in row
+
+
+def test_runs_scored_on_different_things_are_refused_unless_allowed(tmp_path, capsys):
+    from asc.cli import main
+
+    root = tmp_path / "runs"
+    a = _fake_run(root, "a", "fcnn", "bn", 0, 0.5, 0.5, 1.0)
+    b = _fake_run(root, "b", "fcnn", "l2bn", 0, 0.6, 0.6, 0.9)
+    report = json.loads((b / "report" / "report.json").read_text())
+    report["scored_on"] = {"split": "test", "dataset": "tiny", "dataset_root": "/data/tiny",
+                           "feature_hash": "abc", "epochs": 6}
+    (b / "report" / "report.json").write_text(json.dumps(report))
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split:" in err[0] and "--allow-mixed" in err[0]
+    assert "feature_hash" in err[0] and "epochs" in err[0]
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "c"), "--allow-mixed"]) == 0
+    assert "allow-mixed" in (tmp_path / "c" / "compare.md").read_text()
 
 
 def test_cli_prints_the_table(runs, tmp_path, capsys):

@@ -216,6 +216,25 @@ def test_symlink_member_is_refused(tmp_path):
         extract_archive(archive, tmp_path / "out")
 
 
+def test_zip_with_a_file_and_a_folder_of_one_name_is_refused_through_the_cli(tmp_path, monkeypatch, capsys):
+    """A damaged archive: `audio` both a file and the folder of audio/x.wav. One line, nothing lost."""
+    from asc.cli import main
+
+    files = {f"{ARCHIVE_ROOT}.meta.zip": _zip({f"{ARCHIVE_ROOT}/audio": b"a file",
+                                               f"{ARCHIVE_ROOT}/audio/x.wav": b"RIFF"})}
+    packages = [_pkg(name, data) for name, data in files.items()]
+    monkeypatch.setitem(DATASETS, "dev", dataclasses.replace(DATASETS["dev"], packages=packages))
+    out = tmp_path / "tau"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with FakeZenodo(files) as server:
+        code = main(["data", "download", "--to", str(out), "--base-url", server.url])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "both a file and a folder named audio" in err[0] and "meta.zip" in err[0]
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "audio").exists()
+
+
 def test_corrupt_archive_on_disk(tmp_path):
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="not a readable zip archive"):

@@ -290,3 +290,30 @@ def test_official_evaluation_set_gets_predictions_only(tiny_run, capsys):
     other_dir = cache_path(base / "cache-eval", other)
     assert main(["evaluate", str(run), "--cache", str(other_dir), "--split", "test", "--device", "cpu"]) == 2
     assert "features of another config" in capsys.readouterr().err
+
+
+def test_a_run_with_nan_metrics_or_weights_gives_one_line(tiny_run, tmp_path, capsys):
+    """NaN in metrics.jsonl only feeds the curves; NaN in the weights is refused, naming the tensor."""
+    import shutil
+
+    from asc.runs import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()[:2]]
+    rows[1].update(val_loss=float("nan"), train_loss=float("inf"))
+    rows[1]["angles"]["inter"] = float("nan")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["evaluate", str(run), "--device", "cpu", "--no-angles"]) == 0
+    assert json.loads((run / "report" / "report.json").read_text())["history"][1]["val_loss"] is None
+
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    name = next(k for k in ckpt["model"] if k.endswith("weight"))
+    ckpt["model"][name].view(-1)[0] = float("nan")
+    save_checkpoint({k: v for k, v in ckpt.items() if k != "format"}, run / "checkpoints" / "best.pt")
+    before = (run / "report" / "report.json").read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0] and "NaN/Inf" in err[0], err
+    assert (run / "report" / "report.json").read_bytes() == before  # the earlier report is kept

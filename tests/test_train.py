@@ -81,6 +81,15 @@ def test_run_directory_and_learning(tiny):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.2
     assert max(r["val_acc"] for r in rows) > 0.25  # 10 tones: chance is 0.1
     assert [r["epoch"] for r in rows if "angles" in r] == [3, 6]
+    # TensorBoard event files with the curves
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "train_acc", "val_acc", "val_loss", "lr", "angles/iir_train", "angles/inter"} <= tags
+    assert [e.step for e in events.Scalars("val_acc")] == [1, 2, 3, 4, 5, 6]
+    assert events.Scalars("val_acc")[-1].value == pytest.approx(rows[-1]["val_acc"], abs=1e-6)
     assert set(rows[-1]["angles"]) == {"intra_train", "intra_test", "inter", "iir_train", "iir_test"}
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
     assert ckpt["epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
@@ -165,3 +174,80 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny,
     kept = load_checkpoint(out / "checkpoints" / "last.pt")
     assert kept["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------- hostile cases, through the CLI
+
+def test_nan_weights_from_the_last_step_of_an_epoch_stop_the_run(tiny, monkeypatch, capsys):
+    """The update of an epoch's last step makes a weight NaN: no checkpoint, no COMPLETED, one line."""
+    from asc.cli import main
+
+    steps = 60 // 8
+    calls = {"n": 0}
+    real_step = torch.optim.SGD.step
+
+    def poisoned_step(self, *a, **kw):
+        out = real_step(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] == steps:  # the last step of epoch 1
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned_step)
+    out = tiny["base"] / "run_nan_weights"
+    code = main(["train", "--recipe", str(tiny["recipe"]), "--out", str(out), "--set", "train.epochs=1",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "non-finite values after epoch 1" in err[0], err
+    assert not (out / "COMPLETED").exists() and not (out / "checkpoints" / "last.pt").exists()
+
+
+def test_a_folder_without_a_checkpoint_is_taken_over_and_bad_out_is_one_line(tiny, tmp_path, capsys):
+    from asc.cli import main
+
+    out = tiny["base"] / "run_takeover"
+    empty = tmp_path / "no_cache"
+    empty.mkdir()
+    base = ["train", "--recipe", str(tiny["recipe"]), "--out", str(out), "--set", "train.epochs=1",
+            "--device", "cpu"]
+    assert main([*base, "--set", f"data.cache={empty}"]) == 2  # a typo: fails before any checkpoint
+    assert "no feature cache" in capsys.readouterr().err and (out / "recipe.yaml").is_file()
+    assert main([*base, "--resume"]) == 0  # the fixed command, even with --resume, takes it over
+    assert "starting afresh" in capsys.readouterr().out
+    assert (out / "COMPLETED").is_file()
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["data"]["cache_dir"] == str(tiny["cache_dir"])
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    capsys.readouterr()
+    assert main(["train", "--recipe", str(tiny["recipe"]), "--out", str(a_file), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder" in err[0] and a_file.read_text() == "keep me"
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one(tiny, monkeypatch, capsys):
+    from asc.cli import main
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_disk(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] >= 3:  # epoch 1 wrote last.pt and best.pt; epoch 2's write fails
+            f.write(b"PK\x03\x04partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 64")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tiny["base"] / "run_disk_full"
+    code = main(["train", "--recipe", str(tiny["recipe"]), "--out", str(out), "--set", "train.epochs=2",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot write the checkpoint" in err[0] and "--resume" in err[0]
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1  # intact
+    assert not (out / "COMPLETED").exists() and not list((out / "checkpoints").glob(".*tmp"))
+    assert main(["train", "--recipe", str(tiny["recipe"]), "--out", str(out), "--set", "train.epochs=2",
+                 "--device", "cpu", "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2

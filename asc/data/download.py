@@ -221,19 +221,34 @@ def extract_archive(archive: Path, to: Path, root: str = ARCHIVE_ROOT) -> int:
         raise DataError(f"{archive}: not a readable zip archive ({exc}); delete it and rerun") from None
     with zf:
         members = [(info, _member_target(archive, info, root)) for info in zf.infolist()]  # check all first
+        files = {rel for info, rel in members if rel is not None and not info.is_dir()}
+        folders = {parent for _, rel in members if rel is not None for parent in rel.parents}
+        folders |= {rel for info, rel in members if rel is not None and info.is_dir()}
+        clash = sorted(files & folders)
+        if clash:
+            raise DataError(f"{archive}: holds both a file and a folder named {clash[0]}; the archive is "
+                            "damaged or not the dataset's: delete it and rerun")
         count = 0
         for info, rel in members:
             if rel is None:
                 continue
             target = to / rel
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with zf.open(info) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-            os.replace(tmp, target)
+            try:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_dir():
+                    raise IsADirectoryError(21, "a folder is in the way of a file", str(target))
+                tmp = target.with_name(f".{target.name}.tmp")
+                with zf.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                os.replace(tmp, target)
+            except OSError as exc:
+                where = exc.filename or target
+                raise DataError(f"{where}: cannot extract {info.filename!r} from {archive.name} "
+                                f"({exc.strerror or exc}); free space or move what is in the way, then "
+                                "rerun") from None
             count += 1
     return count
 

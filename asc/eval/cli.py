@@ -45,12 +45,15 @@ def register(subparsers) -> None:
 
     compare = subparsers.add_parser(
         "compare",
-        help="BN vs L2BN table over evaluated runs (mean ± std over seeds)",
+        help="BN vs L2BN over evaluated runs: mean ± std, paired differences with 95 % CI and p-value",
         description=(
             "Read RUN/report/report.json of each run, group the runs by model and norm, and write\n"
-            "compare.md, compare.json and per_device.png: accuracy (mean ± std over seeds), macro\n"
-            "accuracy, log loss, per-device accuracy and IIR side by side, with the L2BN - BN difference\n"
-            "of each model. The main table is also printed."
+            "compare.md, compare.json and figures: accuracy (mean ± std over seeds), macro accuracy, log\n"
+            "loss, per-device accuracy, angles and IIR side by side; per model the paired differences\n"
+            "L2BN - BN over runs that share a seed, with a 95 % Student-t interval and a paired t-test\n"
+            "p-value; model sizes; the paper's curves over epochs (accuracy and loss, IIR, angles).\n"
+            "Runs scored on different splits, datasets, feature configs or numbers of epochs are refused\n"
+            "unless --allow-mixed. The main and paired tables are also printed."
         ),
         epilog="example:\n  asc compare runs/resnet17_paper_*_seed* --out runs/compare",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,7 +61,35 @@ def register(subparsers) -> None:
     compare.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run folders")
     compare.add_argument("--out", metavar="DIR", default=None,
                          help="output folder (default: the runs' common parent folder + /compare)")
+    compare.add_argument("--allow-mixed", action="store_true",
+                         help="compare runs scored on different splits, datasets, features or epochs anyway")
     compare.set_defaults(func=_compare)
+
+    analyze = subparsers.add_parser(
+        "analyze",
+        help="per norm layer: spread of sample l2 norms within classes, angles and IIR (the mechanism)",
+        description=(
+            "On the evaluate split of each run, at every norm layer in forward order: the spread of\n"
+            "per-sample l2 norms of the layer's input within each class (coefficient of variation,\n"
+            "averaged over classes), and the intra/inter-class angles and IIR of its output pooled over\n"
+            "space. The paper (Sec. 3.2, Fig. 5) argues that L2BN removes the spread that BN leaves,\n"
+            "layer after layer. Writes RUN/analysis/{analysis.json,analysis.md,layers.png}; with\n"
+            "several runs also an overlay (e.g. BN against L2BN) in --out."),
+        epilog=("examples:\n"
+                "  asc analyze exp/dcase2020_quick/fcnn_quick_bn_seed0 \\\n"
+                "              exp/dcase2020_quick/fcnn_quick_l2bn_seed0\n"
+                "  asc analyze runs/r17_l2bn --checkpoint last --device cuda"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    analyze.add_argument("runs", nargs="+", metavar="RUN", help="trained run folders")
+    analyze.add_argument("--out", metavar="DIR", default=None,
+                         help="folder of the overlay with several runs (default: their parent + /analysis)")
+    analyze.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    analyze.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    analyze.add_argument("--split", default=None,
+                         help="labelled split (default: the recipe's evaluation split)")
+    analyze.add_argument("--batch-size", type=int, default=64, metavar="N")
+    analyze.set_defaults(func=_analyze)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -76,14 +107,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from asc.eval.compare import compare_runs, main_table
+def _analyze(args: argparse.Namespace) -> int:
+    from asc.errors import ConfigError
+    from asc.eval.analyze import analyze_runs
 
-    summary, _, out = compare_runs(args.runs, args.out)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    results, written = analyze_runs(args.runs, args.out, device=args.device, checkpoint=args.checkpoint,
+                                    batch_size=args.batch_size, split=args.split)
+    for r in results:
+        first, last = r["layers"][0], r["layers"][-1]
+        cv = [f"{x:.3f}" if x is not None else "–" for x in (first["norm_cv"], last["norm_cv"])]
+        iir = [f"{x:.3f}" if x is not None else "–" for x in (first["iir"], last["iir"])]
+        print(f"{r['model']} / {r['norm']} / seed {r['seed']}: {len(r['layers'])} norm layers; norm CV "
+              f"{cv[0]} (first) .. {cv[1]} (last); IIR {iir[0]} .. {iir[1]}")
+    print("wrote " + ", ".join(str(p) for p in written if p.suffix == ".md"))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from asc.eval.compare import compare_runs, main_table, paired_table
+
+    summary, _, out = compare_runs(args.runs, args.out, allow_mixed=args.allow_mixed)
     if summary.get("notice"):
         print(summary["notice"])
     for warning in summary.get("warnings", []):
         print(f"warning: {warning}")
     print("\n".join(main_table(summary)))
-    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'per_device.png'}")
+    if summary["differences"]:
+        print()
+        print("\n".join(paired_table(summary)))
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {len(summary['figures'])} figures "
+          f"in {out}")
     return 0

@@ -1,9 +1,13 @@
-"""Side-by-side comparison of evaluated runs: BN against L2BN per model, mean ± std over seeds.
+"""Side-by-side comparison of evaluated runs: BN against L2BN per model, with the statistics that
+make a difference a claim.
 
 Reads each run's `report/report.json` (written by `asc evaluate`), groups the runs by model and
-norm, and writes compare.md, compare.json and a per-device bar chart, the way the paper's Tables 1
-and 6 put accuracy and IIR of BN and L2BN next to each other. The std is the sample standard
-deviation over seeds (n - 1 in the denominator); it is empty for a single run.
+norm, and writes compare.md, compare.json, a per-device bar chart and the paper's curves over epochs.
+Per group: mean ± sample std over seeds (n - 1; empty for a single run). Runs of one model that differ
+only in the norm and share a seed are pairs: per model, the paired differences (norm − BN) get
+their mean, a 95 % Student-t confidence interval over the pairs and a paired t-test's p-value (no
+interval from a single pair). Runs scored on different splits, datasets, feature configs or numbers of
+epochs are refused unless allow_mixed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from asc.errors import AscError, DataError
 from asc.fileio import atomic_open, atomic_write_json, atomic_write_text
 
 BASELINE_NORM = "bn"
+#: what a report must share with the others to stand beside them (report.json "scored_on")
+SCORED_ON_KEYS = ("split", "dataset", "dataset_root", "feature_hash", "epochs")
 SCORE_KEYS = ("accuracy", "macro_accuracy", "log_loss")
 ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
 GROUP_KEYS = ("real", "seen_simulated", "unseen")
@@ -102,6 +108,7 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
         entry["device_groups"] = {g: _stats([(r.get("device_groups") or {}).get(g, {}).get("accuracy")
                                              for r in reports]) for g in GROUP_KEYS}
         entry["angles"] = {a: _stats([(r.get("angles") or {}).get(a) for r in reports]) for a in ANGLE_KEYS}
+        entry["model_size"] = next((r["model"] for r in reports if isinstance(r.get("model"), Mapping)), None)
         groups.append(entry)
 
     differences = []
@@ -110,7 +117,10 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
         if base is None:
             continue
         for other in (g for g in groups if g["model"] == model and g["norm"] != BASELINE_NORM):
-            differences.append(_difference(base, other))
+            diff = _difference(base, other)
+            diff["paired"] = paired_statistics(by_group[(model, BASELINE_NORM)],
+                                               by_group[(model, other["norm"])])
+            differences.append(diff)
 
     datasets = []
     for _, report in runs:
@@ -137,6 +147,84 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
         "differences": differences,
         "warnings": warnings,
     }
+
+
+def paired_test(diffs: Sequence[float]) -> dict:
+    """Mean of paired differences, its 95 % Student-t interval and the two-sided paired t-test p-value.
+
+    One pair has no interval (n - 1 = 0 degrees of freedom); identical differences have a zero-width
+    interval and no p-value (the t statistic is undefined).
+    """
+    from scipy import stats
+
+    d = np.asarray([float(v) for v in diffs], dtype=np.float64)
+    n = int(d.size)
+    if n == 0:
+        return {"n": 0, "diff_mean": None, "diff_ci95": None, "p_value": None,
+                "note": "no pairs (no BN run shares a seed with these runs)"}
+    mean = float(d.mean())
+    if n == 1:
+        return {"n": 1, "diff_mean": mean, "diff_ci95": None, "p_value": None,
+                "note": "a single pair: no interval; train more seeds (e.g. --seeds \"0 1 2\")"}
+    sd = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    p = None
+    if sd > 0:
+        p = float(stats.ttest_rel(d, np.zeros_like(d)).pvalue)
+    return {"n": n, "diff_mean": mean, "diff_ci95": [mean - half, mean + half], "p_value": p,
+            "note": None if sd > 0 else "identical differences: no p-value"}
+
+
+def _seed_values(members: Sequence[tuple[str, Mapping]], get) -> dict:
+    out = {}
+    for _, report in members:
+        seed = (report.get("run") or {}).get("seed")
+        value = get(report)
+        if seed is not None and value is not None and math.isfinite(float(value)):
+            out.setdefault(seed, float(value))
+    return out
+
+
+def paired_statistics(base: Sequence[tuple[str, Mapping]], other: Sequence[tuple[str, Mapping]]) -> dict:
+    """Paired differences other − base over shared seeds: accuracy at the top level (n, diff_mean,
+    diff_ci95, p_value), log loss, IIR, angles and device groups under their names."""
+
+    def paired(get) -> dict:
+        a, b = _seed_values(base, get), _seed_values(other, get)
+        seeds = sorted(set(a) & set(b), key=str)
+        return {**paired_test([b[s] - a[s] for s in seeds]), "seeds": seeds}
+
+    out = paired(lambda r: r["overall"].get("accuracy"))
+    out["log_loss"] = paired(lambda r: r["overall"].get("log_loss"))
+    out["macro_accuracy"] = paired(lambda r: r["overall"].get("macro_accuracy"))
+    for key in ANGLE_KEYS:
+        out[key] = paired(lambda r, k=key: (r.get("angles") or {}).get(k))
+    def group_accuracy(report: Mapping, group: str) -> float | None:
+        return (report.get("device_groups") or {}).get(group, {}).get("accuracy")
+
+    out["device_groups"] = {g: paired(lambda r, g=g: group_accuracy(r, g)) for g in GROUP_KEYS}
+    return out
+
+
+def scored_on(report: Mapping) -> dict:
+    """What a report was scored on (reports older than the `scored_on` key: from their dataset/run)."""
+    if isinstance(report.get("scored_on"), Mapping):
+        return {k: report["scored_on"].get(k) for k in SCORED_ON_KEYS}
+    ds, run = report.get("dataset") or {}, report.get("run") or {}
+    return {"split": ds.get("split"), "dataset": ds.get("name"), "dataset_root": ds.get("root"),
+            "feature_hash": None, "epochs": run.get("epochs")}
+
+
+def check_comparable(runs: Sequence[tuple[str, Mapping]]) -> list[str]:
+    """Each SCORED_ON_KEYS item on which the runs differ, as 'key: value (run), value (run)'."""
+    problems = []
+    for key in SCORED_ON_KEYS:
+        seen: dict[str, str] = {}
+        for run_dir, report in runs:
+            seen.setdefault(json.dumps(scored_on(report).get(key), default=str), run_dir)
+        if len(seen) > 1:
+            problems.append(f"{key}: " + ", ".join(f"{json.loads(v)} ({r})" for v, r in seen.items()))
+    return problems
 
 
 def _diff(a: Mapping, b: Mapping) -> float | None:
@@ -176,6 +264,72 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def _excludes_zero(stats: Mapping | None) -> bool:
+    ci = (stats or {}).get("diff_ci95")
+    return bool(ci) and (ci[0] > 0 or ci[1] < 0)
+
+
+def _marked(text: str, stats: Mapping | None) -> str:
+    """A difference whose 95 % interval excludes zero is marked †."""
+    return text + " †" if _excludes_zero(stats) else text
+
+
+def _fmt_paired(stats: Mapping, scale: float = 1.0, digits: int = 2) -> str:
+    if not stats or stats.get("diff_mean") is None:
+        return "–"
+    text = f"{scale * stats['diff_mean']:+.{digits}f}"
+    ci = stats.get("diff_ci95")
+    text += f" [{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]" if ci else " (no interval)"
+    return _marked(text, stats)
+
+
+def _fmt_p(stats: Mapping) -> str:
+    p = (stats or {}).get("p_value")
+    return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def paired_table(summary: Mapping) -> list[str]:
+    """Per model: paired differences over shared seeds with 95 % intervals and p-values."""
+    header = ["model", "difference", "pairs", "Δ accuracy (points) [95 % CI]", "p", "Δ log loss [95 % CI]",
+              "p", "Δ IIR train [95 % CI]", "p", "Δ IIR test [95 % CI]", "p"]
+    rows = []
+    for d in summary["differences"]:
+        p = d.get("paired") or {}
+        rows.append([d["model"], f"{d['norm']} − {d['baseline']}", str(p.get("n", 0)),
+                     _fmt_paired(p, 100), _fmt_p(p),
+                     _fmt_paired(p.get("log_loss"), 1, 3), _fmt_p(p.get("log_loss")),
+                     _fmt_paired(p.get("iir_train"), 1, 3), _fmt_p(p.get("iir_train")),
+                     _fmt_paired(p.get("iir_test"), 1, 3), _fmt_p(p.get("iir_test"))])
+    return _table(header, rows)
+
+
+def group_paired_table(summary: Mapping) -> list[str]:
+    header = ["model", "difference", "pairs",
+              *(f"Δ {k.replace('_', ' ')} (points) [95 % CI]" for k in GROUP_KEYS)]
+    rows = []
+    for d in summary["differences"]:
+        p = d.get("paired") or {}
+        groups = p.get("device_groups") or {}
+        rows.append([d["model"], f"{d['norm']} − {d['baseline']}", str(p.get("n", 0)),
+                     *(_fmt_paired(groups.get(k), 100) for k in GROUP_KEYS)])
+    return _table(header, rows)
+
+
+def size_table(summary: Mapping) -> list[str]:
+    rows = []
+    for g in summary["groups"]:
+        m = g.get("model_size") or {}
+        if not m:
+            continue
+        macs = f"{m['macs'] / 1e6:,.1f} M" if m.get("macs") else "–"
+        shape = " × ".join(str(v) for v in m.get("input_shape") or []) or "–"
+        rows.append([g["model"], g["norm"], f"{m['params']:,}", macs, f"{m['bytes_fp32'] / 1024:,.0f} KiB",
+                     f"{m['bytes_fp16'] / 1024:,.0f} KiB", shape])
+    if not rows:
+        return []
+    return _table(["model", "norm", "parameters", "MACs per clip", "size fp32", "size fp16", "input"], rows)
+
+
 def _rows_with_differences(summary: Mapping, cells, diff_cells) -> list[list[str]]:
     """One row per group, each model's L2BN - BN (and other - BN) rows right after it."""
     rows = []
@@ -199,10 +353,14 @@ def main_table(summary: Mapping) -> list[str]:
                 _fmt(g["angles"]["iir_train"], 1, 3), _fmt(g["angles"]["iir_test"], 1, 3)]
 
     def diff_cells(d):
-        return [_fmt_diff(d["accuracy"], 100), _fmt_diff(d["macro_accuracy"], 100),
-                _fmt_diff(d["log_loss"], 1, 3),
-                *(_fmt_diff(d["device_groups"][k], 100) for k in GROUP_KEYS),
-                _fmt_diff(d["angles"]["iir_train"], 1, 3), _fmt_diff(d["angles"]["iir_test"], 1, 3)]
+        p = d.get("paired") or {}
+        groups = p.get("device_groups") or {}
+        return [_marked(_fmt_diff(d["accuracy"], 100), p), _marked(_fmt_diff(d["macro_accuracy"], 100),
+                                                                    p.get("macro_accuracy")),
+                _marked(_fmt_diff(d["log_loss"], 1, 3), p.get("log_loss")),
+                *(_marked(_fmt_diff(d["device_groups"][k], 100), groups.get(k)) for k in GROUP_KEYS),
+                _marked(_fmt_diff(d["angles"]["iir_train"], 1, 3), p.get("iir_train")),
+                _marked(_fmt_diff(d["angles"]["iir_test"], 1, 3), p.get("iir_test"))]
 
     return _table(header, _rows_with_differences(summary, cells, diff_cells))
 
@@ -233,18 +391,34 @@ def angle_table(summary: Mapping) -> list[str]:
                   _rows_with_differences(summary, cells, diff_cells))
 
 
-def render_markdown(summary: Mapping, figure: str | None = None) -> str:
+def render_markdown(summary: Mapping, figure: str | None = None,
+                    curves: Sequence[tuple[str, str]] = ()) -> str:
     lines: list[str] = []
     if summary.get("synthetic"):
         lines += [f"> **{summary['notice']}**", ""]
     lines += ["# BN vs L2BN", "",
               "Mean ± std over seeds (sample std, n − 1); accuracies in %; difference rows are "
-              "mean(norm) − mean(bn) of the same model.", ""]
+              "mean(norm) − mean(bn) of the same model; † marks a difference whose paired 95 % "
+              "interval excludes zero.", ""]
     for warning in summary.get("warnings", []):
         lines += [f"> Warning: {warning}", ""]
     lines += ["## Overall", "", *main_table(summary), ""]
+    if summary["differences"]:
+        lines += ["## Paired differences", "",
+                  "Runs of a model that differ only in the norm and share a seed are pairs. Mean of the "
+                  "paired differences, 95 % Student-t interval over the pairs, two-sided paired t-test "
+                  "p-value; a single pair has no interval.", "", *paired_table(summary), "",
+                  *group_paired_table(summary), ""]
     lines += ["## Accuracy per device (%)", "", *device_table(summary), ""]
     lines += ["## Angles of classification-layer features", "", *angle_table(summary), ""]
+    sizes = size_table(summary)
+    if sizes:
+        lines += ["## Model size", "", "Parameters (trainable), multiply-accumulates for one clip at the "
+                  "evaluation input shape, and weight storage.", "", *sizes, ""]
+    if curves:
+        lines += ["## Curves over epochs", "",
+                  "Mean over seeds, band from the lowest to the highest seed; BN against L2BN per model.", ""]
+        lines += [f"![{title}]({name})" for title, name in curves] + [""]
     lines += ["## Runs", ""]
     for group in summary["groups"]:
         lines.append(f"- {group['model']} / {group['norm']}: " + ", ".join(f"`{r}`" for r in group["runs"]))
@@ -283,17 +457,29 @@ def default_out_dir(run_dirs: Sequence[str | os.PathLike]) -> Path:
     return Path(os.path.commonpath(parents)) / "compare"
 
 
-def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None
-                 ) -> tuple[dict, str, Path]:
-    """Load, summarise and write compare.{md,json} and per_device.png; returns (summary, markdown, out)."""
+def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+                 *, allow_mixed: bool = False) -> tuple[dict, str, Path]:
+    """Load, summarise and write compare.{md,json} and figures; returns (summary, markdown, out)."""
     if not run_dirs:
         raise AscError("no runs to compare")
     runs = [(str(r), load_run_report(r)) for r in run_dirs]
+    problems = check_comparable(runs)
+    if problems and not allow_mixed:
+        raise AscError("the runs were not scored alike, so they cannot stand side by side: "
+                       + "; ".join(problems) + " (re-evaluate them alike, or pass --allow-mixed)")
     summary = summarise(runs)
+    if problems:
+        summary["warnings"].append("compared with --allow-mixed although they differ in "
+                                   + "; ".join(problems))
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     _device_chart(summary, out / "per_device.png")
-    markdown = render_markdown(summary, "per_device.png")
+    from asc.eval.curves import write_curves
+
+    curves = write_curves(summary["groups"], {d: r.get("history") or [] for d, r in runs}, out,
+                          synthetic=summary["synthetic"])
+    summary["figures"] = ["per_device.png", *(name for _, name in curves)]
+    markdown = render_markdown(summary, "per_device.png", curves)
     atomic_write_json(out / "compare.json", summary)
     atomic_write_text(out / "compare.md", markdown)
     return summary, markdown, out

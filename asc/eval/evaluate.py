@@ -118,7 +118,8 @@ def _dcase_split(recipe: Mapping, split: str, recipe_path: Path, cache_dir: str 
         dataset=dataset, split=split, labels=np.asarray(dataset.labels, dtype=np.int64),
         class_names=list(dataset.scenes), devices=devices, filenames=filenames,
         root=str(info.get("root", "?")), synthetic=bool(dataset.synthetic or info.get("synthetic")),
-        extra={"cache_dir": str(cache_dir), "features": recipe.get("features")},
+        extra={"cache_dir": str(cache_dir), "features": recipe.get("features"),
+               "feature_hash": manifest.get("config_hash")},
     )
 
 
@@ -225,6 +226,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
                        f"has {len(data.class_names)}; is the recipe's data the one this run was trained on?")
 
     model = trained.model
+    from asc.models.common import model_size
+
+    size = model_size(model, tuple(int(v) for v in data.dataset[0][0].shape))
     logits, embeddings = run_model(model, data.dataset, device=device, batch_size=batch_size,
                                    workers=workers, desc=f"evaluate {eval_split}")
     labelled = bool((data.labels >= 0).any())
@@ -264,6 +268,11 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         history=read_history(run_dir / "metrics.jsonl"), train_embeddings=train_embeddings,
         train_labels=train_labels, test_embeddings=embeddings,
     )
+    report["model"] = size
+    # what `asc compare` checks before putting runs side by side
+    report["scored_on"] = {"split": data.split, "dataset": name, "dataset_root": data.root,
+                           "feature_hash": data.extra.get("feature_hash"), "epochs": run_info["epochs"],
+                           "precision": run_info["precision"]}
     if out_dir is None:
         default = eval_split == recipe_split and cache_dir is None
         out_dir = run_dir / (REPORT_DIR if default else f"{REPORT_DIR}_{eval_split}")
@@ -286,8 +295,12 @@ def summary_lines(result: EvalResult) -> list[str]:
                  f"{r['n_clips']} clips")
     overall = r["overall"]
     if overall.get("n"):
-        lines.append(f"accuracy {100 * overall['accuracy']:.2f} %, macro accuracy "
-                     f"{100 * overall['macro_accuracy']:.2f} %, log loss {overall['log_loss']:.3f}")
+        def pct(value: float | None) -> str:
+            return "–" if value is None else f"{100 * value:.2f}"
+
+        loss = "–" if overall.get("log_loss") is None else f"{overall['log_loss']:.3f}"
+        lines.append(f"accuracy {pct(overall.get('accuracy'))} %, macro accuracy "
+                     f"{pct(overall.get('macro_accuracy'))} %, log loss {loss}")
         shown = [f"{d} {100 * s['accuracy']:.1f}" for d, s in r["per_device"].items() if s.get("n")]
         groups = [f"{g} {100 * s['accuracy']:.1f}" for g, s in r["device_groups"].items() if s.get("n")]
         if shown:

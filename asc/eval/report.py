@@ -227,6 +227,15 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
                                                            "checkpoint", "epoch", "epochs", "precision")
                           if run.get(key) is not None)
         lines.append(f"- Run: {shown}" + (f" (`{run['dir']}`)" if run.get("dir") else ""))
+    size = report.get("model") or {}
+    if size.get("params"):
+        shape = " × ".join(str(v) for v in size.get("input_shape") or [])
+        lines.append(f"- Model size: {size['params']:,} parameters ({size['bytes_fp32'] / 1024:,.0f} KiB in "
+                     f"float32, {size['bytes_fp16'] / 1024:,.0f} KiB in float16), "
+                     f"{size['macs'] / 1e6:,.1f} M multiply-accumulates per {shape} input")
+    scored = report.get("scored_on") or {}
+    if scored.get("feature_hash"):
+        lines.append(f"- Features: config hash `{scored['feature_hash']}`")
     lines.append(f"- Written: {report.get('created', '?')}")
     lines.append("")
 

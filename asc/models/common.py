@@ -213,6 +213,27 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def model_size(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """Size as the DCASE challenge reports it: trainable parameters, their storage in float32 and
+    float16, and multiply-accumulates of one forward pass on one input of `input_shape` (C, H, W),
+    counted by torch's own FLOP counter (convolutions and matrix products; 1 MAC = 2 FLOPs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = count_parameters(model)
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros((1, *input_shape), device=device))
+        macs = int(counter.get_total_flops()) // 2
+    finally:
+        model.train(was_training)
+    return {"params": params, "macs": macs, "bytes_fp32": 4 * params, "bytes_fp16": 2 * params,
+            "input_shape": list(input_shape)}
+
+
 def check_input(x: Tensor, in_channels: int, model: str) -> None:
     """Clear error for inputs that are not (B, in_channels, F, T)."""
     if x.dim() != 4 or x.shape[1] != in_channels:
@@ -227,6 +248,7 @@ __all__ = [
     "check_input",
     "check_positive_int",
     "count_parameters",
+    "model_size",
     "init_keras_style",
     "keras_he_normal_",
     "load_model_config",

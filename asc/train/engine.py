@@ -188,7 +188,10 @@ class Trainer:
         """Create or validate the run directory; returns the first epoch to train."""
         ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         saved_recipe = self.run_dir / "recipe.yaml"
-        if ckpt_path.exists() or saved_recipe.exists():
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise AscError(f"{self.run_dir}: exists and is not a folder; choose another --out")
+        fresh_start = False
+        if ckpt_path.exists():
             if not self.resume:
                 raise AscError(f"{self.run_dir} already holds a run; pass --resume to continue it or "
                                "choose another --out")
@@ -197,9 +200,18 @@ class Trainer:
                 if diff:
                     raise AscError(f"{saved_recipe}: the recipe differs from the run being resumed at "
                                    f"{diff}; resume with the same recipe and options or use a new --out")
+        elif saved_recipe.exists():
+            # an attempt that stopped before its first checkpoint (a typo, a missing cache) is not a
+            # run yet: the next attempt, with or without --resume, takes the folder over
+            fresh_start = True
         if self.ctx.enabled:
             dist.barrier()  # every rank has checked the folder before the first one writes to it
         if self.ctx.main:
+            if fresh_start:
+                print(f"{self.run_dir}: no checkpoint yet from an earlier attempt; starting afresh",
+                      flush=True)
+                for stale in ("COMPLETED", "metrics.jsonl"):
+                    (self.run_dir / stale).unlink(missing_ok=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "recipe.yaml", dump_yaml(self.recipe))
             env = {**environment(self.ctx), "precision": self.precision}
@@ -260,6 +272,7 @@ class Trainer:
             t0 = time.perf_counter()
             train_stats = self._train_epoch(train_model, optimizer, task, epoch, steps)
             record = {"epoch": epoch + 1, **train_stats, "train_s": round(time.perf_counter() - t0, 3)}
+            self._check_weights(model, epoch)
             last = epoch + 1 == tr["epochs"]
             if ctx.main and ((epoch + 1) % tr["eval_every"] == 0 or last):
                 record.update(self._evaluate(model, task))
@@ -273,9 +286,9 @@ class Trainer:
                 self._append_metrics(record)
                 state = {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "model_spec": spec, "recipe": recipe, "metrics": record, "best": best}
-                save_checkpoint(state, last_path)
+                self._save(state, last_path)
                 if improved:
-                    save_checkpoint(state, self.run_dir / "checkpoints" / "best.pt")
+                    self._save(state, self.run_dir / "checkpoints" / "best.pt")
                 self._log_epoch(record, best, steps, writer)
             if ctx.enabled:
                 dist.barrier()
@@ -294,6 +307,8 @@ class Trainer:
         local = min(tr["batch_size"], len(task.train)) // ctx.world
         micro = tr["micro_batches"]
         losses = torch.zeros(steps, device=ctx.device)
+        grad_norms = torch.zeros(steps, device=ctx.device)
+        params = [p for p in model.parameters() if p.requires_grad]
         correct = torch.zeros((), device=ctx.device)
         seen = 0
         bar = progress(total=steps * local, desc=f"epoch {epoch + 1}/{tr['epochs']}", unit="sample",
@@ -332,10 +347,10 @@ class Trainer:
                 step_loss += loss.detach()
                 correct += (logits.argmax(1) == tc.argmax(1)).sum()
             losses[step] = step_loss
+            # the total gradient norm (clipped when train.grad_clip is set) is also the finite check
+            grad_norms[step] = nn.utils.clip_grad_norm_(params, tr["grad_clip"] or float("inf"))
             if ctx.device.type == "cpu" or step % 10 == 9 or step == steps - 1:
-                self._check_finite(losses, epoch, step)
-            if tr["grad_clip"]:
-                nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+                self._check_finite(losses, grad_norms, epoch, step)
             optimizer.step()
             seen += len(x)
             bar.update(len(x))
@@ -350,15 +365,35 @@ class Trainer:
         return {"lr": lr, "train_loss": round(float(stats[0]), 6),
                 "train_acc": round(float(stats[1] / max(stats[2], 1)), 6)}
 
-    def _check_finite(self, losses: torch.Tensor, epoch: int, step: int) -> None:
-        done = losses[: step + 1]
-        bad = (~torch.isfinite(done)).nonzero()
-        if len(bad):
-            first = int(bad[0])
-            last = self.run_dir / "checkpoints" / "last.pt"
-            keep = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss is {float(done[first])} at epoch {epoch + 1}, step {first + 1}; "
-                                   f"stopping ({keep}); try a lower train.lr or train.grad_clip")
+    def _save(self, state: dict, path: Path) -> None:
+        try:
+            save_checkpoint(state, path)
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+            why = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:120]
+            raise AscError(f"{path}: cannot write the checkpoint ({why}); the previous checkpoints are "
+                           "intact: free some space and rerun with --resume") from None
+
+    def _kept(self) -> str:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+
+    def _check_finite(self, losses: torch.Tensor, grad_norms: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop at a non-finite loss or gradient (before the step that would spread it to the weights)."""
+        for what, values in (("loss", losses), ("gradient norm", grad_norms)):
+            done = values[: step + 1]
+            bad = (~torch.isfinite(done)).nonzero()
+            if len(bad):
+                first = int(bad[0])
+                raise TrainingDiverged(f"{what} is {float(done[first])} at epoch {epoch + 1}, step "
+                                       f"{first + 1}; stopping ({self._kept()}); try a lower train.lr or "
+                                       "train.grad_clip")
+
+    def _check_weights(self, model: nn.Module, epoch: int) -> None:
+        """No checkpoint, and no COMPLETED, for a model whose weights or statistics are not finite."""
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise TrainingDiverged(f"{name} holds non-finite values after epoch {epoch + 1}; stopping "
+                                       f"({self._kept()}); try a lower train.lr or train.grad_clip")
 
     def _predict(self, model: nn.Module, dataset, want_embed: bool = False):
         """Logits, labels and (optionally) embeddings of a dataset, through the one inference function."""
@@ -403,10 +438,9 @@ class Trainer:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is optional
-            return None
+        """Event files in RUN/tensorboard (`tensorboard --logdir exp/`), appended to on --resume."""
+        from torch.utils.tensorboard import SummaryWriter
+
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def _log_epoch(self, r: dict, best: dict, steps: int, writer) -> None:
@@ -425,6 +459,7 @@ class Trainer:
             for k, v in (r.get("angles") or {}).items():
                 if v is not None:
                     writer.add_scalar(f"angles/{k}", v, r["epoch"])
+            writer.flush()  # an interrupted run keeps its curves up to the last epoch
 
 
 def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False,
