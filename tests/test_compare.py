@@ -182,3 +182,29 @@ def test_cli_prints_the_table(runs, tmp_path, capsys):
     assert "| resnet17 | l2bn | 2 | 74.00 ± 1.41 |" in printed
     assert (tmp_path / "c" / "compare.md").is_file()
     assert main(["compare", str(tmp_path / "missing")]) == 2
+
+
+def test_curves_over_epochs_mean_over_seeds_and_are_linked(tmp_path):
+    from asc.eval.curves import series
+
+    root = tmp_path / "runs"
+    runs = []
+    for norm in ("bn", "l2bn"):
+        for seed in (0, 1):
+            run = _fake_run(root, f"fcnn-{norm}-{seed}", "fcnn", norm, seed, 0.5, 0.5, 1.0)
+            report = json.loads((run / "report" / "report.json").read_text())
+            report["history"] = [{"epoch": e, "val_acc": 0.1 * e + 0.01 * seed, "train_loss": 2.0 - 0.1 * e,
+                                  **({"angles": {"iir_train": 1.0 - 0.1 * e, "iir_test": 1.1 - 0.1 * e,
+                                                 "intra_train": 30.0, "intra_test": 35.0, "inter": 40.0}}
+                                     if e % 2 == 0 else {})} for e in (1, 2, 3, 4)]
+            (run / "report" / "report.json").write_text(json.dumps(report))
+            runs.append(run)
+    summary, markdown, out = compare_runs(runs, tmp_path / "cmp")
+    for stem in ("accuracy_loss", "iir", "angles"):
+        assert (out / f"curves_fcnn_{stem}.png").read_bytes().startswith(b"\x89PNG")
+        assert f"(curves_fcnn_{stem}.png)" in markdown
+    histories = [json.loads((r / "report" / "report.json").read_text())["history"] for r in runs]
+    epochs, values = series(histories[:2], "val_acc", False)
+    assert list(epochs) == [1, 2, 3, 4] and values.mean(0) == pytest.approx([0.105, 0.205, 0.305, 0.405])
+    epochs, _ = series(histories[:1], "iir_test", True)
+    assert list(epochs) == [2, 4]  # angles only where they were measured

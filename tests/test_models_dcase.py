@@ -358,3 +358,19 @@ def test_bad_model_configs_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_model_config(path)
     assert str(path) in str(info.value)
+
+
+def test_model_size_counts_macs_as_by_hand():
+    from asc.models.common import model_size
+
+    # conv 3->8, 3x3, no bias, on 3x10x10 ('valid'): 8x8x8 outputs of 27 MACs; linear 512->10: 5,120
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.Flatten(), nn.Linear(512, 10))
+    size = model_size(net, (3, 10, 10))
+    assert size["macs"] == 8 * 8 * 8 * 27 + 512 * 10
+    assert size["params"] == 8 * 27 + 512 * 10 + 10
+    assert size["bytes_fp32"] == 4 * size["params"] and size["bytes_fp16"] == 2 * size["params"]
+    assert size["input_shape"] == [3, 10, 10] and net.training  # mode restored
+    # the published FCNN: about 15 GMAC per 10-s clip, the README's figure
+    with torch.device("meta"):  # shapes only: counted without memory or arithmetic
+        full = model_size(create_model("fcnn", norm="bn"), (3, 128, 423))
+    assert full["params"] == 11_780_329 and 15.0e9 < full["macs"] < 15.6e9

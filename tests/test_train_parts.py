@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def test_recipes_load_with_profiles_and_overrides():
         assert paper["train"]["epochs"] == (126 if name == "resnet17" else 254)
         assert quick["norm"] == "l2bn" and quick["seed"] == 4 and quick["train"]["epochs"] < 20
         assert quick["model"]["params"]["width_mult"] < 1
-        assert Path(quick["data"]["cache_dir"]).parent == Path(quick["data"]["cache"])
+        assert Path(quick["data"]["cache_dir"]).parent == Path(quick["data"]["cache"]) == ROOT / "cache"
         # as published: Keras SGD(decay=1e-6) in the ResNet and FCNN scripts, none in fsFCNN's;
         # float32 training unless bf16 autocast is asked for; the published [0, 1] reflect-padded features
         assert paper["train"]["lr_decay"] == (0.0 if name == "fsfcnn" else 1e-6)
@@ -117,13 +118,31 @@ def test_recipes_load_with_profiles_and_overrides():
 
 
 @pytest.mark.parametrize("override,message", [
-    (["train.epochs=0"], "train.epochs: 0 must be >= 1"),
-    (["norm=batchnorm"], "norm: 'batchnorm' is not one of"),
-    (["train.schedul=sgdr"], "unknown key train.schedul"),
-    (["train.amp=yes"], "train.amp"),
+    (["train.epochs=0"], "--set train.epochs=0: 0 must be >= 1"),
+    (["norm=batchnorm"], "--set norm=batchnorm: 'batchnorm' is not one of"),
+    (["train.schedul=sgdr"], "--set train.schedul=sgdr: unknown key train.schedul"),
+    (["train.amp=yes"], "--set train.amp=yes: True is not one of"),
+    (["train.lr=abc"], "--set train.lr=abc: expected float, got 'abc'"),
+    (["train.lr=.nan"], "--set train.lr=.nan: expected a finite number, got nan"),
+    (["train.momentum=.inf"], "--set train.momentum=.inf: expected a finite number, got inf"),
 ])
-def test_recipe_validation_names_the_key(override, message):
-    with pytest.raises(ConfigError, match=message):
+def test_recipe_validation_names_the_set_that_gave_the_value(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
         load_recipe(ROOT / "recipes/dcase2020/resnet17.yaml", overrides=override)
-    with pytest.raises(ConfigError, match="unknown profile 'fast'"):
+    assert "resnet17.yaml" not in str(info.value)  # the --set is at fault, not the recipe
+    with pytest.raises(ConfigError, match="--profile fast: unknown profile 'fast'"):
         load_recipe(ROOT / "recipes/dcase2020/resnet17.yaml", profile="fast")
+
+
+def test_recipe_validation_names_the_file_and_line_of_a_bad_value(tmp_path):
+    text = (ROOT / "recipes/dcase2020/resnet17.yaml").read_text().replace("../../", str(ROOT) + "/")
+    lines = text.splitlines()
+    lr_line = next(i for i, line in enumerate(lines, 1) if line.startswith("  lr:"))
+    path = tmp_path / "r.yaml"
+    path.write_text(text.replace("  lr: 0.1", "  lr: .inf"))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}:{lr_line}: train.lr: expected a finite number")):
+        load_recipe(path)
+    path.write_text(text.replace("  lr: 0.1", "  lr: 1e-3").replace("min_lr: 1.0e-5", "min_lr: 1e-5"))
+    r = load_recipe(path, overrides=["train.weight_decay=5E-4", "train.momentum=.95"])
+    assert (r["train"]["lr"], r["train"]["min_lr"]) == (1e-3, 1e-5)
+    assert (r["train"]["weight_decay"], r["train"]["momentum"]) == (5e-4, 0.95)

@@ -3,6 +3,15 @@ training settings, with named profiles (e.g. `quick`) that override parts of it.
 
 Resolution order: file -> profile -> --set overrides -> --norm/--seed -> validation -> paths made
 absolute and the model config merged in. The resolved dict is what a run directory stores.
+
+Relative paths (`features`, `model`, `data.cache`, `data.root`) are taken from where they were written:
+- in a YAML file (the recipe or one of its profiles): relative to that file's folder, so a recipe
+  works from any current folder (`model: ../../models/resnet17.yaml`, `data.cache: ../../cache`);
+- on the command line (`--set data.cache=DIR`, `--set model=Y.yaml`, ...): relative to the current
+  folder, like any other command-line path;
+- not written anywhere (the schema default `data.cache: cache`): relative to the current folder.
+`~` is expanded in all of them. Errors name where the value was written: "recipes/x.yaml:12: ..."
+or "--set train.lr=abc: ...".
 """
 
 from __future__ import annotations
@@ -13,7 +22,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from asc.config import Field, apply_overrides, load_yaml, validate
+from asc.config import (
+    ConfigDict,
+    Field,
+    Origin,
+    apply_overrides,
+    describe,
+    find_origin,
+    load_yaml,
+    validate,
+)
 from asc.errors import ConfigError
 from asc.nn import NORM_KINDS
 
@@ -24,8 +42,8 @@ SCHEMA: dict[str, Any] = {
     "name": Field(str, help="experiment name, used for run directory names"),
     "description": Field(str, ""),
     "task": Field(str, "dcase", choices=TASKS),
-    "features": Field(str, None, nullable=True, help="feature config (dcase), relative to the recipe"),
-    "model": Field(str, help="model config, relative to the recipe"),
+    "features": Field(str, None, nullable=True, help="feature config (dcase); see the module doc for paths"),
+    "model": Field(str, help="model config; see the module doc for relative paths"),
     "model_params": Field(dict, {}, help="overrides of the model config's params"),
     "norm": Field(str, "bn", choices=NORM_KINDS),
     "seed": Field(int, 0),
@@ -92,6 +110,14 @@ def deep_merge(base: Mapping, over: Mapping) -> dict:
     return out
 
 
+def _path_base(origins: Mapping[tuple, Origin], key: tuple) -> tuple[Path, str]:
+    """The folder a relative path at `key` is relative to, and that rule in words (for errors)."""
+    origin, _ = find_origin(origins, key)
+    if origin is None or origin.command_line:
+        return Path.cwd(), "a relative path on the command line is taken from the current folder"
+    return origin.base, f"a relative path in {origin.file} is taken from that file's folder"
+
+
 def _resolve_path(value: str, base: Path) -> str:
     p = Path(os.path.expanduser(value))
     if not p.is_absolute():
@@ -99,42 +125,108 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(p.resolve())
 
 
+def _config_file(cfg: Mapping, key: str, origins: Mapping, source: str, what: str) -> str:
+    """The absolute path of the config file named at `key`; a clear error if there is none."""
+    base, rule = _path_base(origins, (key,))
+    path = _resolve_path(cfg[key], base)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{describe((key,), origins, source)}: no such {what} {path} ({rule}); "
+                          "fix the path")
+    return path
+
+
+def _check_profiles(path: Path, raw: ConfigDict) -> dict:
+    """The recipe's `profiles` section: profile name -> mapping of overrides."""
+    origins = raw.origins
+    profiles = raw.pop("profiles", None)
+    if profiles is None:
+        return {}
+    if not isinstance(profiles, Mapping):
+        raise ConfigError(f"{describe(('profiles',), origins, str(path))}: must map each profile name to "
+                          "the settings it overrides, e.g. profiles: {quick: {train: {epochs: 2}}}")
+    for name, over in profiles.items():
+        where = describe(("profiles", str(name)), origins, str(path))
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: a profile name must be a word, got {name!r}")
+        if name == DEFAULT_PROFILE:
+            raise ConfigError(f"{where}: '{DEFAULT_PROFILE}' is the recipe itself without a profile; "
+                              "give this profile another name")
+        if over is not None and not isinstance(over, Mapping):
+            raise ConfigError(f"{where}: a profile must be a mapping of the settings it overrides "
+                              f"(e.g. train: {{epochs: 2}}), got {over!r}")
+    return {name: over or {} for name, over in profiles.items()}
+
+
+def _apply_profile(raw: ConfigDict, name: str, over: Mapping) -> ConfigDict:
+    """`raw` with profile `name` merged in; origins of its values point at their lines in the profile."""
+    out = ConfigDict(deep_merge(raw, over), origins=raw.origins)
+    prefix = ("profiles", name)
+    for p in sorted((p for p in raw.origins if len(p) > 2 and p[:2] == prefix), key=len):
+        key, value, node = p[2:], over, raw
+        for k in key:
+            value = value.get(k) if isinstance(value, Mapping) else None
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(node, Mapping):
+            out.origins[key] = raw.origins[p]  # a section merged into the recipe's own
+        else:
+            out.set_origin(key, raw.origins[p])  # replaced: the file's lines below it are gone
+    return out
+
+
 def load_recipe(path: str | os.PathLike, *, profile: str | None = None, overrides: Iterable[str] = (),
                 norm: str | None = None, seed: int | None = None) -> dict:
     """Read, override, validate and resolve a recipe; returns the dict a run stores as recipe.yaml."""
     path = Path(path)
     raw = load_yaml(path)
-    profiles = raw.pop("profiles", {}) or {}
-    if not isinstance(profiles, Mapping):
-        raise ConfigError(f"{path}: profiles must map a profile name to overrides")
-    profile = profile or raw.get("profile") or DEFAULT_PROFILE
+    profiles = _check_profiles(path, raw)
+    if profile is not None:
+        chosen = Origin(arg=f"--profile {profile}")
+    else:
+        profile = raw.get("profile") or DEFAULT_PROFILE
+        chosen = find_origin(raw.origins, ("profile",))[0] or Origin(str(path))
+    if not isinstance(profile, str):
+        raise ConfigError(f"{chosen}: profile: expected a profile name, got {profile!r}")
     if profile != DEFAULT_PROFILE:
         if profile not in profiles:
             known = ", ".join([DEFAULT_PROFILE, *profiles])
-            raise ConfigError(f"{path}: unknown profile {profile!r} (this recipe has: {known})")
-        raw = deep_merge(raw, profiles[profile])
+            raise ConfigError(f"{chosen}: unknown profile {profile!r} in {path} (this recipe has: {known})")
+        raw = _apply_profile(raw, profile, profiles[profile])
     raw["profile"] = profile
+    raw.set_origin(("profile",), chosen)
     raw = apply_overrides(raw, overrides)
+    if raw.get("profile") != profile:
+        raise ConfigError(f"{raw.origins[('profile',)]}: a profile is chosen with --profile NAME, not with "
+                          "--set (a --set applies after the profile)")
     if norm is not None:
         raw["norm"] = norm
+        raw.set_origin(("norm",), Origin(arg=f"--norm {norm}"))
     if seed is not None:
         raw["seed"] = seed
+        raw.set_origin(("seed",), Origin(arg=f"--seed {seed}"))
     cfg = validate(raw, SCHEMA, source=str(path))
     # YAML reads on/off as booleans: keep one spelling
     tr = cfg["train"]
     tr["amp"] = "off" if tr["amp"] is False else tr["amp"]
     if isinstance(tr["channels_last"], bool):
         tr["channels_last"] = "on" if tr["channels_last"] else "off"
-    return resolve(cfg, path.parent)
+    return resolve(cfg, path.parent, origins=raw.origins, source=str(path))
 
 
-def resolve(cfg: dict, base: Path) -> dict:
-    """Make paths absolute, merge the model config, and (dcase) locate the feature cache."""
+def resolve(cfg: dict, base: Path, origins: Mapping[tuple, Origin] | None = None,
+            source: str | None = None) -> dict:
+    """Make paths absolute, merge the model config, and (dcase) locate the feature cache.
+
+    `origins` say where each value was written (see the module doc); without them every path is
+    taken as written in a recipe in `base`.
+    """
     from asc.models.common import load_model_config
 
-    src = f"recipe {cfg['name']}"
+    source = source or f"recipe {cfg['name']}"
+    if origins is None:
+        origins = {(k,): Origin(str(Path(base) / "recipe.yaml")) for k in ("features", "model")}
+        origins.update({("data", k): Origin(str(Path(base) / "recipe.yaml")) for k in ("cache", "root")})
     out = copy.deepcopy(cfg)
-    model_path = _resolve_path(cfg["model"], base)
+    model_path = _config_file(cfg, "model", origins, source, "model config")
     model_cfg = load_model_config(model_path)
     out["model"] = {
         "config": model_path,
@@ -144,23 +236,31 @@ def resolve(cfg: dict, base: Path) -> dict:
     data = out["data"]
     if cfg["task"] == "dcase":
         if not cfg["features"]:
-            raise ConfigError(f"{src}: features: a feature config is required for task dcase")
+            raise ConfigError(f"{describe(('features',), origins, source)}: a feature config is required for "
+                              "task dcase (e.g. features: ../../features/logmel128_deltas.yaml)")
         from asc.features.cache import cache_path
 
-        out["features"] = _resolve_path(cfg["features"], base)
-        data["cache"] = str(Path(os.path.expanduser(cfg["data"]["cache"])).resolve())
+        out["features"] = _config_file(cfg, "features", origins, source, "feature config")
+        data["cache"] = _resolve_path(cfg["data"]["cache"], _path_base(origins, ("data", "cache"))[0])
         data["cache_dir"] = str(cache_path(data["cache"], out["features"]))
     else:
         if not cfg["data"]["root"]:
-            raise ConfigError(f"{src}: data.root: the CIFAR-100 folder is required for task cifar100 "
-                              "(set it with --set data.root=DIR)")
-        data["root"] = str(Path(os.path.expanduser(cfg["data"]["root"])).resolve())
-    if cfg["train"]["batch_size"] % cfg["train"]["micro_batches"]:
-        raise ConfigError(f"{src}: train.batch_size {cfg['train']['batch_size']} is not divisible by "
-                          f"train.micro_batches {cfg['train']['micro_batches']}")
+            raise ConfigError(f"{describe(('data', 'root'), origins, source)}: the CIFAR-100 folder is "
+                              "required for task cifar100 (set it with --set data.root=DIR)")
+        data["root"] = _resolve_path(cfg["data"]["root"], _path_base(origins, ("data", "root"))[0])
+    tr = cfg["train"]
+    if tr["batch_size"] % tr["micro_batches"]:
+        key = ("train", "micro_batches") if find_origin(origins, ("train", "micro_batches"))[0] \
+            else ("train", "batch_size")
+        raise ConfigError(f"{describe(key, origins, source)}: train.batch_size {tr['batch_size']} is not "
+                          f"divisible by train.micro_batches {tr['micro_batches']}; choose a divisor")
+    milestones = tr["milestones"]
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in milestones):
+        raise ConfigError(f"{describe(('train', 'milestones'), origins, source)}: expected a list of epoch "
+                          f"numbers (whole numbers >= 1), e.g. [100, 150], got {milestones!r}")
     for key in ("sgdr_first_cycle", "sgdr_mult"):
         out["train"][key] = int(out["train"][key])
-    out["train"]["milestones"] = [int(m) for m in out["train"]["milestones"]]
+    out["train"]["milestones"] = list(milestones)
     return out
 
 
