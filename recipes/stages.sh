@@ -5,7 +5,7 @@
 die() { echo "$script.sh: $*" >&2; exit 2; }
 log() { printf '%s [%s] %s\n' "$(date '+%H:%M:%S')" "$script" "$*"; }
 in_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-extra_option() { return 1; }
+declare -F extra_option >/dev/null || extra_option() { return 1; }  # a script may define its own first
 
 # parse_options "$@": the options both scripts take; anything else goes to extra_option
 parse_options() {

@@ -88,7 +88,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from asc.data.tau2020 import load_tau2020
-    from asc.features.cache import clips_from_dataset, extract
+    from asc.features.extract import clips_from_dataset, extract
     from asc.features.logmel import load_feature_config
 
     load_before = os.getloadavg()[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asc.data.audio import audio_info, load_audio
+from asc.data.audio import ShortAudioError, audio_info, check_audio, file_problem, load_audio
 from asc.errors import DataError
 
 
@@ -150,3 +150,42 @@ def test_bad_arguments():
         load_audio("x.wav", pad="reflect")
     with pytest.raises(ValueError):
         load_audio("x.wav", duration=0)
+
+
+def test_check_audio_refuses_short_files_beyond_the_tolerance(tmp_path):
+    sf.write(tmp_path / "ok.wav", _tone(44100, 0.96), 44100, subtype="PCM_24")  # 0.04 s short: rounding
+    assert check_audio(tmp_path / "ok.wav", 1.0).frames == 42336
+    sf.write(tmp_path / "short.wav", _tone(44100, 0.9), 44100, subtype="PCM_24")
+    with pytest.raises(ShortAudioError, match=r"short.wav: 0.900 s of audio, shorter than the 1 s") as exc:
+        check_audio(tmp_path / "short.wav", 1.0)
+    assert exc.value.seconds == pytest.approx(0.9)
+    assert check_audio(tmp_path / "short.wav").frames == 39690  # no duration asked: any length
+
+
+def test_check_audio_finds_a_wav_cut_to_200_bytes(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, _tone(44100, 10.0), 44100, subtype="PCM_24")
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ShortAudioError, match=r"cut.wav: 0.001 s of audio, shorter than the 10 s"):
+        check_audio(path, 10.0)
+
+
+def test_check_audio_reads_float_files_in_full_for_nan(tmp_path):
+    x = _tone(44100, 2.0).astype(np.float32)
+    x[-5] = np.inf  # past any clip length a loader would read
+    sf.write(tmp_path / "late.wav", x, 44100, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"late.wav: 1 NaN/Inf samples"):
+        check_audio(tmp_path / "late.wav", 1.0)
+
+
+def test_links_that_loop_or_point_nowhere_are_named_as_such(tmp_path):
+    (tmp_path / "loop.wav").symlink_to("loop.wav")
+    (tmp_path / "dangling.wav").symlink_to("gone.wav")
+    (tmp_path / "dir.wav").mkdir()
+    assert file_problem(tmp_path / "loop.wav") == "symbolic link loop (-> loop.wav)"
+    assert file_problem(tmp_path / "dangling.wav") == \
+        "broken symbolic link (-> gone.wav, which does not exist)"
+    assert file_problem(tmp_path / "dir.wav") == "not a regular file (a folder?)"
+    assert file_problem(tmp_path / "nope.wav") == "no such audio file"
+    with pytest.raises(DataError, match=r"loop.wav: symbolic link loop"):
+        load_audio(tmp_path / "loop.wav")

@@ -17,7 +17,8 @@ import pytest
 import soundfile as sf
 
 from asc.errors import DataError
-from asc.features.cache import cache_path, clips_from_dataset, extract, merge_parts, read_manifest
+from asc.features.cache import cache_path, merge_parts, read_manifest
+from asc.features.extract import clips_from_dataset, extract
 from asc.features.logmel import LogMelExtractor, feature_hash, resolve_feature_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,8 @@ def run(data: Path, out: Path, cfg: dict | None = None, **kw):
 
 
 def snapshot(cache_dir: Path) -> dict:
-    """Every file of a cache (arrays as arrays), the manifest without its timestamp."""
+    """Every file of a cache (arrays as arrays), the manifest without its timestamp and the command
+    that made it (a CLI run records one, an API run none)."""
     out = {}
     for path in sorted(cache_dir.rglob("*")):
         if path.is_dir():
@@ -101,6 +103,7 @@ def snapshot(cache_dir: Path) -> dict:
         elif path.name == "manifest.json":
             m = json.loads(path.read_text())
             m.pop("created")
+            m.pop("command")
             out[rel] = m
         else:
             out[rel] = path.read_text()

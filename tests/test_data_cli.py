@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +97,39 @@ def test_synth_cifar_is_wired(tmp_path, capsys):
     assert main(["data", "synth-cifar", "--out", str(tmp_path), "--preset", "tiny", "--seed", "1"]) == 0
     assert "synthetic CIFAR-100" in capsys.readouterr().out
     assert any(tmp_path.rglob("*"))
+
+
+def test_check_and_extract_agree_on_broken_audio(tiny_dataset, tmp_path, capsys):
+    """One verdict for both commands: a file cut short, NaN samples past the first 2 s, a link loop."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    files = sorted((root / "audio").iterdir())
+    cut, nan, loop = files[0], files[10], files[20]
+    cut.write_bytes(cut.read_bytes()[:200])  # 52 frames of 24-bit audio
+    x = np.full(3 * 44100, 0.1, dtype=np.float32)
+    x[int(2.5 * 44100)] = np.nan  # beyond the 2 s a clip uses: still a corrupt file
+    sf.write(nan, x, 44100, subtype="FLOAT")
+    loop.unlink()
+    loop.symlink_to(loop.name)
+
+    assert main(["data", "check", str(root), "--audio", "all"]) == 1
+    report = capsys.readouterr().out
+    assert f"problem: 1 of 116 audio files listed in the metadata cannot be opened (audio/{loop.name}: " \
+           f"symbolic link loop" in report
+    assert "problem: 2 of 115 checked audio file(s) are unusable (`asc extract` refuses them too); " in report
+    assert f"{cut}: 0.001 s of audio, shorter than the 2 s" in report or f"{nan}: 1 NaN/Inf samples" in report
+    assert "missing" not in report
+
+    features = tmp_path / "f.yaml"
+    features.write_text("sample_rate: 8000\nduration: 2\nn_fft: 256\nhop_length: 128\nn_mels: 16\n"
+                        "fmax: 4000\nstorage:\n  shard_size: 64\n")
+    args = ["extract", "--data", str(root), "--features", str(features), "--out", str(tmp_path / "c"),
+            "--workers", "1"]
+    assert main(args) == 2
+    assert "symbolic link loop" in capsys.readouterr().err
+    assert main([*args, "--skip-bad"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    skipped = json.loads((Path(lines[-1]) / "manifest.json").read_text())["skipped"]
+    reasons = {s["file"]: s["reason"] for s in skipped}
+    assert sorted(reasons) == sorted(f"audio/{p.name}" for p in (cut, nan, loop))
+    assert "1 NaN/Inf samples" in reasons[f"audio/{nan.name}"]

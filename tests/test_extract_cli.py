@@ -12,7 +12,7 @@ import pytest
 
 from asc.cli import main
 from asc.features.cache import cache_path, read_manifest
-from tests.test_cache import CLIPS, make_tau_set
+from tests.test_cache import CLIPS, make_tau_set, write_wav
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,68 @@ def test_missing_audio_stops_or_is_skipped(setup, capsys, tmp_path):
     assert code == 0 and "skipped audio/bus-paris-2000-10-a.wav" in " ".join(lines)
     m = read_manifest(lines[-1])
     assert m["num_clips"] == 2 and m["skipped"][0]["file"] == "audio/bus-paris-2000-10-a.wav"
+
+
+def _cut_wav(path: Path, keep: int = 200) -> None:
+    """A WAV cut short by a bad copy: header and a few frames left (libsndfile reads what is there)."""
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def test_help_names_verify_and_pad_short():
+    out = subprocess.run([sys.executable, "-m", "asc", "extract", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--verify" in out and "--pad-short" in out
+
+
+def test_truncated_audio_is_an_error_unless_padded_or_skipped(setup, capsys, tmp_path):
+    _, _, cfg = setup
+    data = make_tau_set(tmp_path / "tau", CLIPS[:4])
+    cut = data / "audio" / "airport-lisbon-1000-40000-b.wav"
+    _cut_wav(cut)  # 200 bytes of 16-bit audio: 78 frames, 0.002 s
+    write_wav(data / "audio" / "bus-paris-2000-10-a.wav", seed=2, seconds=0.47)  # within 0.05 s: fine
+    args = ("--data", data, "--features", cfg, "--workers", 1)
+
+    code, _, err = _extract(capsys, *args, "--out", tmp_path / "c")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{cut}: 0.002 s of audio, shorter than the 0.5 s" in err
+    assert "--pad-short" in err and "--skip-bad" in err
+    assert not list((tmp_path / "c").glob("*/manifest.json"))
+
+    name = "audio/airport-lisbon-1000-40000-b.wav"
+    code, lines, _ = _extract(capsys, *args, "--out", tmp_path / "c", "--pad-short")
+    assert code == 0 and f"padded {name}: 0.0018 s of audio zero-padded to 0.5 s" in lines
+    assert "4 clips (0 skipped, 1 zero-padded) in 1 shard, shape (3, 64, 14), float16" in lines
+    m = read_manifest(lines[-1])
+    assert m["pad_short"] is True and m["num_clips"] == 4
+    assert m["padded"] == [{"id": "airport-lisbon-1000-40000-b", "file": name, "duration_s": 0.0018}]
+
+    # the padded cache stays whole when a run without --pad-short refuses the clip again
+    code, _, err = _extract(capsys, *args, "--out", tmp_path / "c")
+    assert code == 2 and "0.002 s of audio" in err
+    assert read_manifest(lines[-1])["padded"] == m["padded"]
+
+    code, lines, _ = _extract(capsys, *args, "--out", tmp_path / "c", "--skip-bad")
+    assert code == 0 and lines[0] == "1 to extract, 3 cached"  # the padded row is not reused
+    m = read_manifest(lines[-1])
+    assert m["num_clips"] == 3 and m["padded"] == [] and m["pad_short"] is False
+    assert [s["file"] for s in m["skipped"]] == [name]
+    assert "shorter than the 0.5 s" in m["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("link, reason", [("self", "symbolic link loop"),
+                                          ("nowhere", "broken symbolic link")])
+def test_unopenable_audio_names_the_real_cause(setup, capsys, tmp_path, link, reason):
+    _, _, cfg = setup
+    data = make_tau_set(tmp_path / "tau", CLIPS[:3])
+    victim = data / "audio" / "bus-paris-2000-10-a.wav"
+    victim.unlink()
+    victim.symlink_to(victim.name if link == "self" else "elsewhere.wav")
+    args = ("--data", data, "--features", cfg, "--out", tmp_path / "c", "--workers", 1)
+    code, _, err = _extract(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"1 of 3 audio files listed in the metadata cannot be opened (audio/{victim.name}: {reason}" in err
+    assert "--skip-bad" in err and "--allow-missing" not in err and "missing" not in err
+    code, lines, _ = _extract(capsys, *args, "--skip-bad")
+    assert code == 0
+    m = read_manifest(lines[-1])
+    assert m["num_clips"] == 2 and reason in m["skipped"][0]["reason"]

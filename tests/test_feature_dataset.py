@@ -3,7 +3,10 @@ split and device filters, DataLoader workers."""
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -105,3 +108,19 @@ def test_unlabelled_clips_get_label_minus_one(tmp_path):
 def test_missing_cache_says_what_to_run(tmp_path):
     with pytest.raises(DataError, match="asc extract"):
         FeatureDataset(tmp_path / "nothing")
+
+
+def test_a_missing_or_truncated_shard_is_named_when_the_dataset_is_made(cache, tmp_path):
+    copy = tmp_path / cache.name
+    shutil.copytree(cache, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    victim = copy / manifest["shards"][0]["file"]
+    with open(victim, "r+b") as fh:
+        fh.truncate(victim.stat().st_size - 1)
+    name = re.escape(str(victim))
+    with pytest.raises(DataError, match=rf"^{name}: truncated: .*; the feature cache is damaged, re-run"):
+        FeatureDataset(copy, split=None)
+    victim.unlink()
+    with pytest.raises(DataError, match=rf"^{name}: missing; the feature cache is damaged"):
+        FeatureDataset(copy, split=None)
+    assert len(FeatureDataset(copy, split="evaluate")) == 3  # rows in other shards still load

@@ -213,7 +213,8 @@ def test_synthetic_marker(tmp_path):
 def test_missing_audio_is_an_error_naming_count_and_files(tmp_path):
     root = write_set(tmp_path)
     (root / "audio/bus-paris-5-100-a.wav").unlink()
-    with pytest.raises(DataError, match=r"1 of 6 audio files are missing \(audio/bus-paris-5-100-a.wav\)"):
+    with pytest.raises(DataError, match=r"1 of 6 audio files listed in the metadata cannot be opened "
+                                        r"\(audio/bus-paris-5-100-a.wav: no such audio file"):
         load_tau2020(root)
 
 
@@ -296,3 +297,15 @@ def test_counts_are_consistent_with_clips(real):
         assert sum(counts["device"][split].values()) == len(real.split(split))
         assert counts["scene"][split] == dict(
             sorted(Counter(c.scene for c in real.split(split)).items(), key=lambda kv: SCENES.index(kv[0])))
+
+
+def test_a_link_loop_is_named_as_such_not_as_every_file_missing(tmp_path):
+    root = write_set(tmp_path)
+    target = root / "audio/bus-paris-5-100-a.wav"
+    target.unlink()
+    target.symlink_to(target.name)  # points at itself
+    with pytest.raises(DataError) as err:
+        load_tau2020(root)
+    message = str(err.value)
+    assert "1 of 6 audio files" in message and "symbolic link loop" in message
+    assert "--allow-missing" not in message and "--skip-bad" in message

@@ -87,7 +87,8 @@ def test_run_directory_and_learning(tiny):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train_loss", "train_acc", "val_acc", "val_loss", "lr", "angles/iir_train", "angles/inter"} <= tags
+    assert {"train_loss", "train_acc", "val_acc", "val_loss", "lr", "angles/iir_train",
+            "angles/inter"} <= tags
     assert [e.step for e in events.Scalars("val_acc")] == [1, 2, 3, 4, 5, 6]
     assert events.Scalars("val_acc")[-1].value == pytest.approx(rows[-1]["val_acc"], abs=1e-6)
     assert set(rows[-1]["angles"]) == {"intra_train", "intra_test", "inter", "iir_train", "iir_test"}

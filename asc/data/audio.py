@@ -1,18 +1,31 @@
 """The one audio loader of every stage: read WAV/FLAC, downmix, resample, pad or crop, and refuse
-files that would silently poison features (unreadable, empty, NaN/Inf) with an error naming the file."""
+files that would silently poison features (unreadable, empty, NaN/Inf, cut short) with an error naming
+the file. `check_audio` is the one verdict on a file that `asc data check` and `asc extract` share."""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from asc.errors import DataError
+from asc.predict import LENGTH_TOLERANCE_S
 
 PAD_MODES = ("zero", "none")
+
+# A shortfall up to LENGTH_TOLERANCE_S seconds is rounding (e.g. a resampled 10-s file), not a short
+# clip. It lives in asc.predict, which must stay free of numpy at import for a fast `asc --help`.
+
+#: why `file_problem` rejects a path that simply is not there
+MISSING_FILE = "no such audio file"
+
+# Sample formats that can hold NaN/Inf; integer PCM cannot, so only these need their samples read.
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 # Extra input read past the needed span when resampling, so the crop edge is not a filter edge.
 _RESAMPLE_MARGIN_S = 0.05
@@ -33,9 +46,40 @@ class AudioInfo:
         return self.frames / self.samplerate if self.samplerate else 0.0
 
 
+class ShortAudioError(DataError):
+    """Audio shorter than the clip it must fill: usually a file cut short by a bad copy or download."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.seconds = seconds
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be opened as a file (missing, a looping or broken link, a folder,
+    unreadable), or None when it can. The words name the real cause, so a link loop is not
+    reported as a missing file."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (-> {os.readlink(path)}, which does not exist)"
+        return MISSING_FILE
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            target = os.readlink(path) if path.is_symlink() else "?"
+            return f"symbolic link loop (-> {target})"
+        return f"cannot be opened ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a folder?)"
+    if not os.access(path, os.R_OK):
+        return "cannot be opened (permission denied)"
+    return None
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
@@ -43,8 +87,9 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     import soundfile as sf
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such audio file")
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
     try:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile raises RuntimeError/LibsndfileError/TypeError by version
@@ -72,8 +117,7 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
         raise ValueError(f"duration must be positive or None, got {duration}")
     path = Path(path)
     info = audio_info(path)
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise DataError(f"{path}: empty audio file (0 samples); re-download or remove it")
+    _require_samples(info, path)
     target = None if duration is None else int(round(duration * sr))
     frames = -1
     if target is not None:
@@ -95,6 +139,41 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _require_samples(info: AudioInfo, path: Path) -> None:
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise DataError(f"{path}: empty audio file (0 samples); re-download or remove it")
+
+
+def _require_finite(data: np.ndarray, name: str) -> None:
+    if not np.isfinite(data).all():
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise DataError(f"{name}: {bad} NaN/Inf samples; the file is corrupt, re-download or remove it")
+
+
+def check_audio(path: str | os.PathLike, duration: float | None = None, *,
+                tolerance: float = LENGTH_TOLERANCE_S) -> AudioInfo:
+    """The one verdict on whether an audio file is usable, shared by `asc data check` and
+    `asc extract` so the two never disagree: DataError when it cannot be opened or decoded, is empty,
+    holds NaN/Inf samples anywhere, or (ShortAudioError) is shorter than `duration` seconds by more
+    than `tolerance`. Integer PCM is judged from its header; float files are read in full."""
+    import soundfile as sf
+
+    path = Path(path)
+    info = audio_info(path)
+    _require_samples(info, path)
+    if duration is not None and info.duration < duration - tolerance:
+        raise ShortAudioError(f"{path}: {info.duration:.3f} s of audio, shorter than the {duration:g} s "
+                              "a clip must have (a truncated file?)", info.duration)
+    if info.subtype in _FLOAT_SUBTYPES:
+        try:
+            data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot decode audio ({_describe(exc)}); re-download or remove it") \
+                from None
+        _require_finite(data, str(path))
+    return info
+
+
 def conform(data: np.ndarray, file_sr: int, sr: int, *, mono: bool = True, name: str = "audio") -> np.ndarray:
     """Decoded samples (frames, channels) -> float32 (frames', channels') at `sr`, averaged to one
     channel if `mono`; the one place where every input, file or array, is checked and converted."""
@@ -103,9 +182,7 @@ def conform(data: np.ndarray, file_sr: int, sr: int, *, mono: bool = True, name:
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 2 or data.shape[0] == 0:
         raise DataError(f"{name}: empty audio (0 samples); re-download or remove it")
-    if not np.isfinite(data).all():
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise DataError(f"{name}: {bad} NaN/Inf samples; the file is corrupt, re-download or remove it")
+    _require_finite(data, name)
     if mono and data.shape[1] > 1:
         data = data.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
     if file_sr != sr:

@@ -1,15 +1,22 @@
-"""Validate a dataset folder: metadata through the reader, structure facts, and audio headers."""
+"""Validate a dataset folder: metadata through the reader, structure facts, and audio.
+
+What makes an audio file unusable is decided by two shared functions, so `asc data check` and
+`asc extract` never disagree: `unopenable_audio` (missing, a looping or broken link, a folder) and
+`asc.data.audio.check_audio` (unreadable, empty, NaN/Inf samples, shorter than a clip).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asc.data.audio import audio_info
-from asc.data.tau2020 import DEVICES, SCENES, SPLITS, UNSEEN, TauDataset, load_tau2020
+from asc.data.audio import MISSING_FILE, audio_info, check_audio, file_problem
+from asc.data.tau2020 import DEVICES, SCENES, SPLITS, UNSEEN, Clip, TauDataset, load_tau2020
 from asc.errors import DataError
 
 AUDIO_MODES = ("all", "sample", "none")
@@ -52,12 +59,41 @@ def _structure_warnings(data: TauDataset) -> list[str]:
     return out
 
 
+def unopenable_audio(data: TauDataset, clips: Iterable[Clip] | None = None) -> list[tuple[str, str]]:
+    """(file name, why) for each clip (default: all) whose audio file cannot be opened: missing,
+    a symbolic link that loops or points nowhere, a folder. The one presence check of every stage."""
+    out = []
+    for clip in data.clips if clips is None else clips:
+        problem = file_problem(data.path(clip))
+        if problem is not None:
+            out.append((clip.filename, problem))
+    return out
+
+
+def describe_unopenable(problems: Sequence[tuple[str, str]], total: int) -> list[str]:
+    """Sentences for `unopenable_audio`'s findings: missing files apart from other causes, so a link
+    loop is not reported as a missing file."""
+    missing = [name for name, why in problems if why == MISSING_FILE]
+    other = [(name, why) for name, why in problems if why != MISSING_FILE]
+    out = []
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        out.append(f"{len(missing)} of {total} audio files listed in the metadata are missing ({shown})")
+    if other:
+        more = ", ..." if len(other) > 1 else ""
+        out.append(f"{len(other)} of {total} audio files listed in the metadata cannot be opened "
+                   f"({other[0][0]}: {other[0][1]}{more})")
+    return out
+
+
 def check_dataset(root: str | os.PathLike, audio: str = "sample", sample: int = 200, *,
                   seed: int = 0) -> CheckReport:
-    """Read `root` with the TAU reader (DataError on broken metadata), then check files and headers.
+    """Read `root` with the TAU reader (DataError on broken metadata), then check files and audio.
 
-    Counts are those of the metadata; missing audio files are reported as a problem. Each audio file
-    checked must be 44.1 kHz mono and 10 s long (or the duration a synthetic set declares).
+    Counts are those of the metadata; audio files that are missing or cannot be opened are a problem.
+    Each audio file checked must be usable by `check_audio`, the verdict `asc extract` uses (readable,
+    not empty, no NaN/Inf samples, not shorter than a clip), and be 44.1 kHz mono and 10 s long (or
+    the duration a synthetic set declares). Float files are read in full for NaN/Inf; PCM only by header.
     """
     from asc.progress import progress
 
@@ -65,28 +101,30 @@ def check_dataset(root: str | os.PathLike, audio: str = "sample", sample: int = 
         raise ValueError(f"audio must be one of {AUDIO_MODES}")
     data = load_tau2020(root, check_audio=False)
     report = CheckReport(dataset=data, audio_mode=audio)
-    missing = [c for c in data.clips if not data.path(c).is_file()]
-    if missing:
-        shown = ", ".join(c.filename for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
-        report.problems.append(f"{len(missing)} of {len(data.clips)} audio files listed in the metadata are "
-                               f"missing ({shown})")
+    unopenable = unopenable_audio(data)
+    report.problems.extend(describe_unopenable(unopenable, len(data.clips)))
     report.warnings.extend(_structure_warnings(data))
     seconds = EXPECTED_SECONDS
     if data.synthetic and data.synthetic_info:
         seconds = float(data.synthetic_info.get("duration_s", seconds))
-    absent = {c.filename for c in missing}
+    absent = {name for name, _ in unopenable}
     clips = [c for c in data.clips if c.filename not in absent]
     if audio == "sample" and len(clips) > sample:
         clips = random.Random(seed).sample(clips, sample)
     elif audio == "none":
         clips = []
+    unusable: list[str] = []
     bad: list[str] = []
     expected_frames = int(round(seconds * EXPECTED_SR))
-    for clip in progress(clips, desc="audio headers", unit="file"):
+    for clip in progress(clips, desc="audio", unit="file"):
+        path = data.path(clip)
         try:
-            info = audio_info(data.path(clip))
+            info = check_audio(path, seconds)  # the verdict `asc extract` gives the same file
         except DataError as exc:
-            bad.append(str(exc))
+            unusable.append(str(exc))
+            with contextlib.suppress(DataError):
+                info = audio_info(path)
+                report.formats[(info.samplerate, info.channels, round(info.duration, 3), info.subtype)] += 1
             continue
         report.formats[(info.samplerate, info.channels, round(info.duration, 3), info.subtype)] += 1
         issues = []
@@ -97,12 +135,14 @@ def check_dataset(root: str | os.PathLike, audio: str = "sample", sample: int = 
         if info.frames != expected_frames and info.samplerate == EXPECTED_SR:
             issues.append(f"{info.duration:.3f} s")
         if issues:
-            bad.append(f"{data.path(clip)}: {', '.join(issues)} "
-                       f"(expected {EXPECTED_SR} Hz, mono, {seconds:g} s)")
+            bad.append(f"{path}: {', '.join(issues)} (expected {EXPECTED_SR} Hz, mono, {seconds:g} s)")
     report.audio_checked = len(clips)
+    if unusable:
+        report.problems.append(f"{len(unusable)} of {len(clips)} checked audio file(s) are unusable "
+                               f"(`asc extract` refuses them too); first: {unusable[0]}")
     if bad:
-        report.problems.append(f"{len(bad)} of {len(clips)} checked audio file(s) are unusable or not in the "
-                               f"expected format; first: {bad[0]}")
+        report.problems.append(f"{len(bad)} of {len(clips)} checked audio file(s) are not in the expected "
+                               f"format; first: {bad[0]}")
     return report
 
 

@@ -142,12 +142,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check", help="validate a dataset folder and print its counts", formatter_class=fmt,
         description="Validate a TAU 2020 Mobile-format folder: metadata (labels, splits, duplicates), audio\n"
-                    "files present, and audio headers (44.1 kHz, mono, 10 s) of all or a sample of files.\n"
+                    "files present (a looping or broken link is named as such), and of all or a sample of\n"
+                    "files: usable (readable, no NaN/Inf samples, not cut short: the verdict `asc extract`\n"
+                    "gives) and in the expected format (44.1 kHz, mono, 10 s).\n"
                     "Prints counts per split x device and per scene. Exit status 1 when there are problems.",
         epilog="example:\n  asc data check data/tau2020 --audio all")
     p.add_argument("dir", help="dataset folder")
     p.add_argument("--audio", choices=("all", "sample", "none"), default="sample",
-                   help="which audio headers to check (default sample)")
+                   help="which audio files to check (default sample)")
     p.add_argument("--sample", type=_positive_int, default=200, help="files checked with --audio sample")
     p.set_defaults(func=_check)
 

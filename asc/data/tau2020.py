@@ -262,6 +262,13 @@ def _detect_version(splits: dict[str, list[str]], synthetic: bool) -> str:
     return "unknown"
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a link that loops: not a usable file, and not a reason to give up the folder
+        return False
+
+
 def _existing(root: Path, names: list[str]) -> set[str]:
     """Which of `names` exist as files, listing each folder once (fast on 23k files)."""
     listing: dict[str, set[str] | None] = {}
@@ -271,7 +278,7 @@ def _existing(root: Path, names: list[str]) -> set[str]:
         if folder not in listing:
             try:
                 with os.scandir(root / folder if folder else root) as it:
-                    listing[folder] = {e.name for e in it if e.is_file()}
+                    listing[folder] = {e.name for e in it if _is_file(e)}
             except OSError:
                 listing[folder] = None
         entries = listing[folder]
@@ -344,10 +351,13 @@ def load_tau2020(root: str | os.PathLike, *, allow_missing: bool = False,
         present = _existing(root, names)
         missing = [n for n in names if n not in present]
         if missing and not allow_missing:
-            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-            raise DataError(f"{root}: {len(missing)} of {len(names)} audio files are missing ({shown}); "
-                            f"complete the download, or pass allow_missing=True / --allow-missing "
-                            f"to skip them")
+            from asc.data.audio import file_problem
+
+            first = f"{missing[0]}: {file_problem(root / missing[0]) or 'missing'}"
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise DataError(f"{root}: {len(missing)} of {len(names)} audio files listed in the metadata "
+                            f"cannot be opened ({first}{more}); complete the download or restore them "
+                            "(`asc extract --skip-bad` leaves them out)")
         if missing:
             log.warning("%s: %d of %d audio files are missing and were dropped (first: %s)",
                         root, len(missing), len(names), missing[0])

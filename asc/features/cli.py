@@ -13,14 +13,20 @@ examples:
   asc extract --data data/tau2020 --features features/logmel128_deltas.yaml --out cache
   asc extract --data data/synth --features features/logmel128_deltas.yaml --out cache \\
       --splits train,evaluate --workers 4 --skip-bad
+  # re-hash every shard of a cache against the checksums written with it:
+  asc extract --features features/logmel128_deltas.yaml --out cache --verify
   # two machines, same dataset; then bring the parts into one folder and merge:
   asc extract --data D --features F --out cache --num-shards 2 --shard-index 0   # machine 1
   asc extract --data D --features F --out cache --num-shards 2 --shard-index 1   # machine 2
   asc extract --features F --out cache --merge
 
 The cache folder is CACHE/<config-stem>-<hash12>/; re-running with the same config and audio does
-nothing, changed or new audio files are extracted incrementally, and an interrupted run resumes.
-The last line printed is the cache folder.
+nothing, changed or new audio files are extracted incrementally, and an interrupted or failed run
+(a full disk) resumes. A shard that is cut short or does not match its sidecar is rebuilt by a plain
+re-run; --verify also re-hashes every shard (without --data it only reports, exit status 2 if any is
+bad; with --data it rebuilds the bad ones). Audio shorter than the config's duration (by more than
+0.05 s) is an error: --pad-short zero-pads such clips and lists them in the manifest, --skip-bad
+leaves them out. The last line printed is the cache folder.
 """
 
 
@@ -51,7 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", metavar="S1,S2",
                    help="only these splits (train, evaluate, test, unused); default: every clip")
     p.add_argument("--skip-bad", action="store_true",
-                   help="leave out unreadable or missing audio (listed in the manifest) instead of stopping")
+                   help="leave out unreadable, missing or short audio (listed in the manifest) instead of "
+                        "stopping")
+    p.add_argument("--pad-short", action="store_true",
+                   help="zero-pad clips shorter than the config's duration (listed in the manifest as "
+                        "`padded`) instead of refusing them as truncated")
     p.add_argument("--dtype", choices=("float16", "float32"), help="array type in the shards "
                    "(default: the config's storage.dtype, float16)")
     p.add_argument("--shard-size", type=int, metavar="N",
@@ -60,7 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="split the work into K parts (one per machine)")
     p.add_argument("--shard-index", type=int, default=0, metavar="I", help="which part this run does, 0..K-1")
     p.add_argument("--merge", action="store_true",
-                   help="write the manifest of a multi-part run whose parts are all in CACHE")
+                   help="write the manifest of a multi-part run whose parts are all in CACHE (every shard "
+                        "is re-hashed first)")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every shard against its checksum; without --data only report (exit 2 if "
+                        "any is bad), with --data also rebuild the bad ones")
     p.set_defaults(func=run_extract)
 
 
@@ -82,11 +96,62 @@ def _resolve_config(args: argparse.Namespace) -> tuple[dict, str]:
     return resolve_feature_config(raw, str(path)), path.stem
 
 
+def _repair_command(args: argparse.Namespace) -> str:
+    """This run as the manifest records it, the command that rebuilds the cache: absolute paths, and
+    only the options that decide what is written (not --workers, --device or the part options)."""
+    import shlex
+    from pathlib import Path
+
+    argv = ["asc", "extract", "--data", str(Path(args.data).resolve()),
+            "--features", str(Path(args.features).resolve()), "--out", str(Path(args.out).resolve())]
+    for item in args.overrides:
+        argv += ["--set", item]
+    chosen = (("--dtype", args.dtype), ("--shard-size", args.shard_size), ("--splits", args.splits))
+    for flag, value in chosen:
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [flag for flag, on in (("--skip-bad", args.skip_bad), ("--pad-short", args.pad_short)) if on]
+    return shlex.join(argv)
+
+
+def _verify_only(cache_dir: object) -> int:
+    from asc.errors import DataError
+    from asc.features.cache import read_manifest, verify_cache
+
+    report = verify_cache(cache_dir, log=print)
+    if report.bad:
+        command = read_manifest(cache_dir).get("command")
+        fix = (f"rebuild them with `{command} --verify`" if command else
+               "rebuild them by re-running `asc extract` with the --data that built them and --verify")
+        raise DataError(f"{cache_dir}: {len(report.bad)} of {report.shards} shards are bad (first: "
+                        f"{report.bad[0]}); {fix}")
+    print(f"{report.shards} shard{'s' if report.shards != 1 else ''}, {report.clips} clips: checksums match")
+    print(cache_dir)
+    return 0
+
+
+def _require_audio_files(dataset: object, clips: list) -> None:
+    """Stop before any work when audio files cannot be opened, naming the real cause (a missing file,
+    a looping link), with the options this command has."""
+    from asc.data.audio import MISSING_FILE
+    from asc.data.check import describe_unopenable, unopenable_audio
+    from asc.errors import DataError
+
+    wanted = {c.file for c in clips}
+    problems = unopenable_audio(dataset, [c for c in dataset.clips if c.filename in wanted])
+    if problems:
+        fix = ("complete the download" if all(why == MISSING_FILE for _, why in problems) else
+               "restore or replace those files")
+        raise DataError(f"{dataset.root}: {'; '.join(describe_unopenable(problems, len(clips)))}; {fix}, "
+                        "or pass --skip-bad to leave them out")
+
+
 def run_extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from asc.errors import AscError, DataError
-    from asc.features.cache import clips_from_dataset, extract, merge_parts
+    from asc.features.cache import merge_parts, read_manifest
+    from asc.features.extract import clips_from_dataset, extract
     from asc.features.logmel import feature_hash
 
     if args.workers < 1:
@@ -106,8 +171,10 @@ def run_extract(args: argparse.Namespace) -> int:
               f"shard{'s' if shards != 1 else ''}")
         print(cache_dir)
         return 0
+    if args.verify and not args.data:
+        return _verify_only(cache_dir)
     if not args.data:
-        raise AscError("--data DIR is required (the dataset folder), except with --merge")
+        raise AscError("--data DIR is required (the dataset folder), except with --merge or --verify")
     if args.device == "cuda":
         import torch
 
@@ -122,21 +189,23 @@ def run_extract(args: argparse.Namespace) -> int:
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
             raise AscError(f"--splits: unknown split {unknown[0]!r}; expected some of {', '.join(SPLITS)}")
-    # with --skip-bad, missing files stay in the list and end up in the manifest's `skipped`
-    dataset = load_tau2020(args.data, check_audio=not args.skip_bad)
+    dataset = load_tau2020(args.data, check_audio=False)
     clips = clips_from_dataset(dataset, splits)
     if not clips:
         raise DataError(f"{args.data}: no clips{' in splits ' + ','.join(splits) if splits else ''}")
+    if not args.skip_bad:  # with --skip-bad they end up in the manifest's `skipped`
+        _require_audio_files(dataset, clips)
     result = extract(clips, cfg, cache_dir, name=stem, dataset_root=str(Path(args.data).resolve()),
                      synthetic=dataset.synthetic, workers=args.workers, device=args.device,
-                     skip_bad=args.skip_bad, num_shards=args.num_shards, shard_index=args.shard_index,
-                     batch_size=args.batch_size)
+                     skip_bad=args.skip_bad, pad_short=args.pad_short, verify=args.verify,
+                     num_shards=args.num_shards, shard_index=args.shard_index, batch_size=args.batch_size,
+                     command=_repair_command(args))
     if result.complete:
-        from asc.features.cache import read_manifest
-
         manifest = read_manifest(cache_dir)
         shards = len(manifest["shards"])
-        print(f"{manifest['num_clips']} clips ({len(manifest['skipped'])} skipped) in {shards} "
+        padded = len(manifest.get("padded", []))
+        extra = f", {padded} zero-padded" if padded else ""
+        print(f"{manifest['num_clips']} clips ({len(manifest['skipped'])} skipped{extra}) in {shards} "
               f"shard{'s' if shards != 1 else ''}, shape {tuple(manifest['shape'])}, {manifest['dtype']}")
     print(cache_dir)
     return 0

@@ -2,7 +2,10 @@
 splits as arrays for small sets and tests.
 
 Shards are opened lazily, per process, on first access, so a FeatureDataset pickles cheaply into
-DataLoader workers and each worker maps the files itself (the OS page cache is shared).
+DataLoader workers and each worker maps the files itself (the OS page cache is shared). Every shard
+the rows need is checked against the manifest (header, shape, dtype, size) when the dataset is made
+and again when a process maps it, so a shard cut short fails at once with its name and the command
+that rebuilds it, not mid-epoch inside numpy.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from asc.errors import DataError
-from asc.features.cache import read_manifest
+from asc.features.cache import open_shard, read_manifest, require_shard
 
 
 def _scene_order() -> list[str]:
@@ -49,11 +51,14 @@ class FeatureDataset:
         self.labels = np.array([index.get(r.get("scene"), -1) for r in rows], dtype=np.int64)
         self.devices: list[str] = [r.get("device") for r in rows]
         self.ids: list[str] = [r["id"] for r in rows]
-        self.synthetic: bool = bool(manifest["dataset"]["synthetic"])
+        self.synthetic: bool = bool(manifest["dataset"].get("synthetic"))
         self.feature_config: dict = manifest["feature_config"]
         self.shape: tuple[int, ...] = tuple(manifest["shape"])
         self.dtype: str = manifest["dtype"]
+        self._manifest = {k: manifest[k] for k in ("shape", "dtype", "shards", "command") if k in manifest}
         self._shards: dict[str, np.ndarray] = {}
+        for name in dict.fromkeys(r["shard"] for r in rows):  # fail now, not in a loader worker
+            require_shard(self.cache_dir, self._manifest, name)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -61,12 +66,7 @@ class FeatureDataset:
     def _shard(self, name: str) -> np.ndarray:
         array = self._shards.get(name)
         if array is None:
-            path = self.cache_dir / name
-            try:
-                array = np.load(path, mmap_mode="r")
-            except FileNotFoundError:
-                raise DataError(f"{path}: shard listed in the manifest is missing; re-run `asc extract`") \
-                    from None
+            array = open_shard(self.cache_dir, self._manifest, name)
             self._shards[name] = array
         return array
 

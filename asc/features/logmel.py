@@ -58,25 +58,11 @@ FEATURE_SCHEMA: dict = {
 
 # Keys that change how features are stored, not their values; left out of the cache hash.
 STORAGE_KEY = "storage"
-_FLOAT_KEYS = tuple(k for k, f in FEATURE_SCHEMA.items() if isinstance(f, Field) and f.types is float)
-
-
-def _coerce_numbers(raw: Mapping) -> dict:
-    """YAML 1.1 reads `1e-8` (no dot) as a string; accept it where a float is expected."""
-    out = dict(raw)
-    for key in _FLOAT_KEYS:
-        value = out.get(key)
-        if isinstance(value, str):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-    return out
 
 
 def resolve_feature_config(raw: Mapping, source: str = "feature config") -> dict:
     """Validate a feature config mapping, fill defaults and check that the values fit together."""
-    cfg = validate(_coerce_numbers(raw), FEATURE_SCHEMA, source)
+    cfg = validate(raw, FEATURE_SCHEMA, source)
     sr, n_fft = cfg["sample_rate"], cfg["n_fft"]
     nyquist = sr / 2
     if cfg["win_length"] is None:
@@ -271,9 +257,19 @@ def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
     return np.concatenate([wave, pad], axis=-1)
 
 
-def load_clip(path: str | os.PathLike, cfg: Mapping) -> np.ndarray:
-    """Decode one file with the shared loader at the config's rate and length."""
+def load_clip(path: str | os.PathLike, cfg: Mapping, *,
+              pad_short: bool = False) -> tuple[np.ndarray, float | None]:
+    """Decode one file with the shared loader at the config's rate and length.
+
+    The file is judged first by `asc.data.audio.check_audio`, the verdict `asc data check` gives too:
+    a clip shorter than the config's duration (beyond rounding) raises ShortAudioError, since silently
+    zero-padding a truncated file would train on silence; with `pad_short` it is padded instead.
+    Returns (waveform, seconds of audio the file held when it was padded, else None).
+    """
     from asc.data import audio
 
-    wave = audio.load_audio(path, sr=int(cfg["sample_rate"]), duration=float(cfg["duration"]))
-    return fit_length(wave, num_samples(cfg))
+    duration = float(cfg["duration"])
+    info = audio.check_audio(path, None if pad_short else duration)
+    wave = audio.load_audio(path, sr=int(cfg["sample_rate"]), duration=duration)
+    padded = info.duration if info.duration < duration - audio.LENGTH_TOLERANCE_S else None
+    return fit_length(wave, num_samples(cfg)), padded
