@@ -25,6 +25,7 @@ norms="bn l2bn"
 seeds="121"
 device=auto
 gpus=1
+jobs=auto
 data=""
 preset=small
 exp=""
@@ -40,6 +41,8 @@ Options (default):
   --norms "..."                norm kinds ("$norms"; Table 5: bn ln in gn4 gn8 sn bcn bin l2bn)
   --seeds "..."                seeds ("$seeds"; the paper uses 121-125)
   --device auto|cpu|cuda       training device ($device)
+  --jobs N                     runs trained/evaluated at once, each on cores/N threads
+                               (auto: 2 on a CPU with 2+ cores, else 1)
   --gpus N                     processes per node via torchrun ($gpus)
   --data DIR                   the cifar-100-python folder (or its parent)
   --preset tiny|small          size of the synthetic set when no data is given ($preset)

@@ -24,6 +24,7 @@ norms="bn l2bn"
 seeds="0"
 device=auto
 gpus=1
+jobs=auto
 data=""
 download=""
 preset=small
@@ -43,6 +44,8 @@ Options (default):
   --norms "..."                norm kinds ("$norms")
   --seeds "..."                seeds ("$seeds")
   --device auto|cpu|cuda       training/extraction device ($device)
+  --jobs N                     runs trained/evaluated at once, each on cores/N threads
+                               (auto: 2 on a CPU with 2+ cores, else 1)
   --gpus N                     processes per node for training via torchrun ($gpus)
   --data DIR                   an existing TAU 2020 Mobile development folder
   --download DIR               download the dataset into DIR first (stage 0)
@@ -113,6 +116,7 @@ if in_stage 2; then
   stage_begin 2 train
   log "stage 2: train ${#run_dirs[@]} run(s): models [$models] x norms [$norms] x seeds [$seeds], profile $profile"
   # the same features the cache holds, whatever the recipe names
+  log "  $(estimate_stages --set "features=$features" --set "data.cache=$cache")"
   train_all --set "features=$features" --set "data.cache=$cache"
   stage_end
 fi

@@ -28,15 +28,23 @@ parse_options() {
       --synth) synth=$2 ;;
       --set) overrides+=(--set "$2") ;;
       --exp) exp=$2 ;;
+      --jobs) jobs=$2 ;;
       *) extra_option "$1" "$2" || die "unknown option $1 (see --help)" ;;
     esac
     shift 2
   done
   local n
-  for n in "$stage" "$stop_stage" "$gpus" $seeds; do
+  if [ "${jobs:-auto}" = auto ]; then  # CPU: one run per pair of cores keeps both busy, also in the serial parts
+    jobs=1
+    if [ "$device" != cuda ] && [ "$gpus" -eq 1 ] && [ "$(nproc)" -ge 2 ]; then jobs=2; fi
+  fi
+  for n in "$stage" "$stop_stage" "$gpus" "$jobs" $seeds; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "expected a whole number, got '$n' (see --help)"
   done
   [ "$gpus" -ge 1 ] || die "--gpus must be at least 1"
+  [ "$jobs" -ge 1 ] || die "--jobs must be at least 1"
+  threads=$(( $(nproc) / jobs ))
+  [ "$threads" -ge 1 ] || threads=1
   case "$device" in auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, got '$device'" ;; esac
   [ -n "$models" ] && [ -n "$norms" ] && [ -n "$seeds" ] || die "--models, --norms and --seeds need values"
 }
@@ -54,7 +62,7 @@ setup() {
   done
   "$py" - "$script" $norms <<'PY' || exit 2
 import sys
-from asc.nn import NORM_KINDS
+from asc.norm_kinds import NORM_KINDS
 script, *norms = sys.argv[1:]
 bad = [n for n in norms if n not in NORM_KINDS]
 if bad:
@@ -96,33 +104,84 @@ plan_runs() {
   done
 }
 
-# train_run DIR ARGS...: `asc train --out DIR ARGS...` unless DIR is complete; a partial run is resumed
-# (a folder without a checkpoint is taken over); with gpus > 1 the processes are started by torchrun
-train_run() {
-  local dir=$1
-  shift
-  if [ -f "$dir/COMPLETED" ]; then
-    log "  $dir: complete, skipped"
-    return 0
-  fi
-  local args=(train --out "$dir" --device "$device" "$@")
-  [ -d "$dir" ] && args+=(--resume)
-  log "  $dir"
-  if [ "$gpus" -gt 1 ]; then
-    "$py" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m asc "${args[@]}"
+# run_jobs NAME: run the commands queued in job_dirs/job_cmds, up to $jobs at a time. With one job the
+# output streams to the terminal; with several each goes to LOGDIR/<run>.<NAME>.log and a line is
+# printed when it ends (its last lines too, if it failed; then the stage fails once all have ended).
+job_dirs=()
+job_cmds=()
+run_jobs() {
+  local name=$1 i failed=0
+  if [ "$jobs" -le 1 ]; then
+    for i in "${!job_dirs[@]}"; do
+      log "  ${job_dirs[$i]}"
+      eval "${job_cmds[$i]}" || failed=1
+      [ "$failed" -eq 0 ] || break
+    done
   else
-    asc "${args[@]}"
+    local logdir="$exp/logs" pid running=0 t0
+    mkdir -p "$logdir"
+    declare -A started=() dir_of=() log_of=()
+    for i in "${!job_dirs[@]}"; do
+      while [ "$running" -ge "$jobs" ]; do
+        _reap || failed=1
+      done
+      local logfile="$logdir/$(basename "${job_dirs[$i]}").$name.log"
+      ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; eval "${job_cmds[$i]}" ) >"$logfile" 2>&1 &
+      pid=$!
+      started[$pid]=$SECONDS
+      dir_of[$pid]=${job_dirs[$i]}
+      log_of[$pid]=$logfile
+      running=$((running + 1))
+      log "  ${job_dirs[$i]}: started (log: $logfile)"
+    done
+    while [ "$running" -gt 0 ]; do
+      _reap || failed=1
+    done
+  fi
+  job_dirs=()
+  job_cmds=()
+  [ "$failed" -eq 0 ] || die "stage failed (see the messages above)"
+}
+
+# _reap: wait for one job of run_jobs and report it (uses run_jobs' locals)
+_reap() {
+  local done_pid rc=0
+  wait -n -p done_pid || rc=$?
+  running=$((running - 1))
+  local took=$((SECONDS - started[$done_pid]))
+  if [ "$rc" -eq 0 ]; then
+    log "  ${dir_of[$done_pid]}: done in ${took} s; $(grep -v '^\s*$' "${log_of[$done_pid]}" | tail -n 1)"
+  else
+    log "  ${dir_of[$done_pid]}: FAILED after ${took} s (exit $rc); last lines of ${log_of[$done_pid]}:"
+    tail -n 5 "${log_of[$done_pid]}" | sed 's/^/      /'
+    return 1
   fi
 }
 
-# train_all ARGS...: every planned run, with ARGS (e.g. --set data.cache=...) and the --set overrides
+# train_all ARGS...: every planned run, with ARGS (e.g. --set data.cache=...) and the --set overrides;
+# a complete run is skipped, a partial one resumed (a folder without a checkpoint is taken over);
+# with gpus > 1 the processes of each run are started by torchrun
 train_all() {
-  local i model norm seed
+  local i model norm seed dir cmd
   for i in "${!run_dirs[@]}"; do
     read -r model norm seed <<<"${run_specs[$i]}"
-    train_run "${run_dirs[$i]}" --recipe "recipes/$task/$model.yaml" --profile "$profile" --norm "$norm" \
-      --seed "$seed" "$@" "${overrides[@]}"
+    dir=${run_dirs[$i]}
+    if [ -f "$dir/COMPLETED" ]; then
+      log "  $dir: complete, skipped"
+      continue
+    fi
+    local args=(train --out "$dir" --device "$device" --recipe "recipes/$task/$model.yaml" --profile "$profile"
+                --norm "$norm" --seed "$seed" "$@" "${overrides[@]}")
+    [ -d "$dir" ] && args+=(--resume)
+    if [ "$gpus" -gt 1 ]; then
+      cmd=$(printf '%q ' "$py" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m asc "${args[@]}")
+    else
+      cmd=$(printf '%q ' "$py" -m asc "${args[@]}")
+    fi
+    job_dirs+=("$dir")
+    job_cmds+=("$cmd")
   done
+  run_jobs train
 }
 
 # evaluate_runs DIR...: `asc evaluate` each run whose report is missing or older than its best checkpoint
@@ -134,6 +193,34 @@ evaluate_runs() {
       log "  $dir: report up to date, skipped"
       continue
     fi
-    asc evaluate "$dir" "${opts[@]}"
+    job_dirs+=("$dir")
+    job_cmds+=("$(printf '%q ' "$py" -m asc evaluate "$dir" "${opts[@]}")")
   done
+  run_jobs evaluate
+}
+
+# estimate_stage ARGS...: one line with the seconds stage 2 (training) and stage 3 (evaluation) should
+# take, from two timed steps of each model on this machine now (asc train --estimate, one process)
+estimate_stages() {
+  "$py" - "$task" "$profile" "$jobs" "${#run_dirs[@]}" "$models" "$@" "${overrides[@]}" <<'PY' || true
+import sys
+from asc.train.estimate import estimate
+from asc.train.recipe import load_recipe
+
+task, profile, jobs, runs, models, *args = sys.argv[1:]
+overrides = [a for a in args if a != "--set"]  # the script's "--set KEY=VALUE" pairs
+per_model = len(models.split())
+train = evaluate = 0.0
+for model in models.split():
+    try:
+        e = estimate(load_recipe(f"recipes/{task}/{model}.yaml", profile=profile, overrides=overrides))
+    except Exception as exc:  # an estimate must never stop the stage it describes
+        print(f"(no time estimate: {exc})")
+        sys.exit(0)
+    train += e["train_s"] * int(runs) / per_model
+    evaluate += e["evaluate_s"] * int(runs) / per_model
+share = 1.0 if int(jobs) == 1 else 0.85  # measured: two one-thread runs at once take 85 % of one after another
+print(f"expected: training about {train * share / 60:.1f} min, evaluation about {evaluate * share / 60:.1f} min "
+      f"(two timed steps per model on this machine now{', ' + jobs + ' runs at a time' if int(jobs) > 1 else ''})")
+PY
 }

@@ -6,13 +6,22 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-probe='import os, sys, asc, torch, torchaudio, librosa, soundfile, yaml, tqdm, matplotlib, tensorboard
+probe='import os, sys, asc, torch, torchaudio, librosa, soundfile, yaml, tqdm, matplotlib, tensorboard, xdist
 sys.exit(0 if os.path.realpath(os.path.dirname(asc.__file__)) == os.path.realpath(sys.argv[1]) else 1)'
 
-works() { "$1" -c "$probe" "$root/asc" >/dev/null 2>&1; }
+# A Python that passed the probe is remembered with the hash of pyproject.toml (.setup-ok), so the
+# next call costs nothing instead of importing torch and friends (about 3 s); a changed pyproject.toml,
+# or another Python, probes again.
+stamp=$root/.setup-ok
+key() { printf '%s %s\n' "$1" "$(sha256sum "$root/pyproject.toml" | cut -c1-16)"; }
+works() {
+  if [ -f "$stamp" ] && grep -qxF "$(key "$1")" "$stamp"; then return 0; fi
+  "$1" -c "$probe" "$root/asc" >/dev/null 2>&1 || return 1
+  key "$1" >>"$stamp"
+}
 
 for py in "${PYTHON:-python3}" "$root/.venv/bin/python"; do
-  if [ -x "$(command -v "$py" 2>/dev/null || true)" ] && works "$py"; then
+  if [ -x "$(command -v "$py" 2>/dev/null || true)" ] && works "$(command -v "$py")"; then
     command -v "$py"
     exit 0
   fi

@@ -5,4 +5,5 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 py=$(bash scripts/setup.sh)
 "$py" -m ruff check asc tests scripts
-"$py" -m pytest -q "$@"
+# two workers: most tests wait on processes and files, so the two cores of a small machine overlap them
+"$py" -m pytest -q -n "${ASC_TEST_WORKERS:-2}" "$@"

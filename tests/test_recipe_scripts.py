@@ -18,27 +18,52 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 def test_run_dcase_stages_end_to_end_and_rerun(tmp_path):
+    """Every stage on the tiny set, two runs at a time, with a feature config of our own that must reach
+    extraction, training and the reports; then a re-run that skips everything already done."""
+    import yaml
+
+    features = yaml.safe_load((ROOT / "features" / "logmel128_deltas.yaml").read_text())
+    features["n_mels"] = 64  # not the recipes' features
+    (tmp_path / "mel64.yaml").write_text(yaml.safe_dump(features))
     common = ["--preset", "tiny", "--synth", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"),
-              "--exp", str(tmp_path / "exp"), "--nj", "1", "--set", "train.epochs=1"]
+              "--exp", str(tmp_path / "exp"), "--nj", "1", "--models", "fcnn", "--jobs", "2",
+              "--features", str(tmp_path / "mel64.yaml"),
+              "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2"]
     res = _run(["recipes/run_dcase.sh", *common])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     for stage in range(5):
         assert f"stage {stage}:" in res.stdout
-    assert "comparison report:" in res.stdout and "| resnet17 | l2bn |" in res.stdout
-    runs = sorted(p.name for p in (tmp_path / "exp").iterdir() if p.name != "compare")
-    assert runs == [f"{m}_quick_{n}_seed0" for m in ("fcnn", "fsfcnn", "resnet17") for n in ("bn", "l2bn")]
+    assert "comparison report:" in res.stdout and "| fcnn | l2bn |" in res.stdout
+    assert "expected: training about" in res.stdout and "| total |" in res.stdout  # estimate, stage times
+    runs = sorted(p.name for p in (tmp_path / "exp").iterdir() if p.name not in ("compare", "logs"))
+    assert runs == [f"fcnn_quick_{n}_seed0" for n in ("bn", "l2bn")]
     for run in runs:
+        recipe = yaml.safe_load((tmp_path / "exp" / run / "recipe.yaml").read_text())
+        assert recipe["features"] == str(tmp_path / "mel64.yaml")
         report = json.loads((tmp_path / "exp" / run / "report" / "report.json").read_text())
         assert report["synthetic"] is True and report["overall"]["n"] > 0
         assert set(report["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
+        assert report["model"]["input_shape"] == [3, 64, 423]
     compare = json.loads((tmp_path / "exp" / "compare" / "compare.json").read_text())
-    assert compare["synthetic"] is True
+    assert compare["synthetic"] is True and compare["differences"][0]["paired"]["n"] == 1
 
     again = _run(["recipes/run_dcase.sh", *common, "--stage", "1"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 to extract" in again.stdout
-    assert again.stdout.count("complete, skipped") == 6
-    assert again.stdout.count("report up to date, skipped") == 6
+    assert again.stdout.count("complete, skipped") == 2
+    assert again.stdout.count("report up to date, skipped") == 2
+
+
+def test_stage_scripts_refuse_bad_options_before_any_stage(tmp_path):
+    for args, message in ((["--norms", "bn batchnorm"], "unknown norm 'batchnorm'"),
+                          (["--models", "fcnn vgg"], "no recipe recipes/dcase2020/vgg.yaml"),
+                          (["--seeds"], "--seeds needs a value"),
+                          (["--features", str(tmp_path / "none.yaml")], "no such feature config")):
+        res = _run(["recipes/run_dcase.sh", "--synth", str(tmp_path / "data"), *args])
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+        assert not (tmp_path / "data").exists()
+    res = _run(["recipes/run_cifar.sh", "--norms", "sn bcn bin xx", "--synth", str(tmp_path / "c")])
+    assert res.returncode == 2 and "unknown norm 'xx'" in res.stderr
 
 
 def test_run_dcase_refuses_a_data_folder_that_is_not_tau(tmp_path):

@@ -235,10 +235,18 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
 
     train_embeddings = train_labels = None
     if angles and labelled:
+        from torch.utils.data import Subset
+
+        from asc.data.sampling import stratified_indices
+
         train = load_split(recipe, train_split, recipe_path)
-        _, train_embeddings = run_model(model, train.dataset, device=device, batch_size=batch_size,
+        # class centres from the training clips the run's curves used (train.angle_clips; null: all)
+        keep = stratified_indices([int(v) for v in train.labels],
+                                  (recipe.get("train") or {}).get("angle_clips"))
+        dataset = train.dataset if len(keep) == len(train.labels) else Subset(train.dataset, keep)
+        _, train_embeddings = run_model(model, dataset, device=device, batch_size=batch_size,
                                         workers=workers, logits=False, desc=f"features {train_split}")
-        train_labels = train.labels
+        train_labels = train.labels[keep]
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -257,6 +265,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         "model_params": model_cfg.get("params") or spec.get("params"),
         "device": device,
         "epochs": (recipe.get("train") or {}).get("epochs"),
+        "angle_clips": (recipe.get("train") or {}).get("angle_clips"),
         "precision": training_precision(run_dir, recipe),
     }
     task = recipe.get("task", "dcase")

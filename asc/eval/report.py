@@ -224,7 +224,8 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
                  + (f", {report['n_unlabelled']} without labels" if report.get("n_unlabelled") else ""))
     if run:
         shown = ", ".join(f"{key} {run[key]}" for key in ("recipe", "profile", "model", "norm", "seed",
-                                                           "checkpoint", "epoch", "epochs", "precision")
+                                                           "checkpoint", "epoch", "epochs", "precision",
+                                                           "angle_clips")
                           if run.get(key) is not None)
         lines.append(f"- Run: {shown}" + (f" (`{run['dir']}`)" if run.get("dir") else ""))
     size = report.get("model") or {}

@@ -27,8 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from asc.nn.hybrid import BatchChannelNorm, BatchInstanceNorm, SwitchNorm
 from asc.nn.l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
 from asc.nn.sync import SyncBatchNorm, SyncL2BatchNorm
-
-NORM_KINDS = ("bn", "l2bn", "lnbn", "inbn", "pnbn", "ln", "in", "gn4", "gn8", "sn", "bcn", "bin", "none")
+from asc.norm_kinds import NORM_KINDS  # the names, importable without torch
 
 _PRE_EPS = 1e-5
 

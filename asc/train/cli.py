@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe value, e.g. --set train.epochs=10 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--estimate", action="store_true",
+                   help="train nothing: time two steps of the model and print the seconds that training "
+                        "and evaluating this run should take here (JSON)")
     p.set_defaults(func=run)
 
 
@@ -39,6 +42,18 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, profile=args.profile, overrides=args.overrides, norm=args.norm,
                          seed=args.seed)
+    if args.estimate:
+        import json
+
+        from asc.runs import pick_device
+        from asc.train.estimate import estimate
+
+        if recipe["task"] != "dcase":
+            from asc.errors import AscError
+
+            raise AscError("--estimate needs a DCASE recipe (it reads the feature cache's split sizes)")
+        print(json.dumps(estimate(recipe, pick_device(args.device))))
+        return 0
     out = args.out or os.path.join(args.runs, run_name(recipe))
     summary = train(recipe, out, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -229,7 +229,7 @@ class Trainer:
         recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
         self._prepare_run_dir()
         seed_everything(recipe["seed"])
-        task = self._task = tdata.load_task_data(recipe)
+        task = self._task = tdata.subsets_for(tdata.load_task_data(recipe), recipe)
         if ctx.main and task.feature_config is not None:
             # what predictions on new audio must compute, whatever becomes of the cache or the YAML
             atomic_write_text(self.run_dir / FEATURES_FILE, dump_yaml(task.feature_config))
@@ -275,9 +275,8 @@ class Trainer:
             self._check_weights(model, epoch)
             last = epoch + 1 == tr["epochs"]
             if ctx.main and ((epoch + 1) % tr["eval_every"] == 0 or last):
-                record.update(self._evaluate(model, task))
-                if tr["angles_every"] and ((epoch + 1) % tr["angles_every"] == 0 or last):
-                    record["angles"] = self._angles(model, task)
+                angles = bool(tr["angles_every"]) and ((epoch + 1) % tr["angles_every"] == 0 or last)
+                record.update(self._evaluate(model, task, angles))
             record["time_s"] = round(time.perf_counter() - t0, 3)
             if ctx.main:
                 improved = record.get("val_acc", -1.0) > best["val_acc"]
@@ -395,35 +394,34 @@ class Trainer:
                 raise TrainingDiverged(f"{name} holds non-finite values after epoch {epoch + 1}; stopping "
                                        f"({self._kept()}); try a lower train.lr or train.grad_clip")
 
-    def _predict(self, model: nn.Module, dataset, want_embed: bool = False):
-        """Logits, labels and (optionally) embeddings of a dataset, through the one inference function."""
+    def _predict(self, model: nn.Module, dataset, *, logits: bool = True, embed: bool = False):
+        """(logits, embeddings, labels) of a dataset through the one inference function."""
         workers = self.recipe["data"]["num_workers"] if hasattr(dataset, "records") else 0
         loader = tdata.eval_loader(dataset, self.recipe["train"]["eval_batch_size"], workers,
                                    pin_memory=self.ctx.device.type == "cuda")
-        logits, embeds, labels = infer(model, loader, device=self.ctx.device, transform=self._task.transform,
-                                       embed=want_embed)
-        if logits is None:
-            return torch.zeros(0), torch.zeros(0, dtype=torch.long), None
-        return logits, labels, embeds
+        return infer(model, loader, device=self.ctx.device, transform=self._task.transform, logits=logits,
+                     embed=embed)
 
-    def _evaluate(self, model: nn.Module, task: tdata.TaskData) -> dict:
-        logits, labels, _ = self._predict(model, task.eval)
+    def _evaluate(self, model: nn.Module, task: tdata.TaskData, angles: bool = False) -> dict:
+        """Validation loss and accuracy; with `angles`, the paper's angles and IIR of the classification-
+        layer features too, from the same pass over the evaluation split plus one over the training split."""
+        logits, test_feats, labels = self._predict(model, task.val, embed=angles)
+        if logits is None:
+            return {}
         keep = labels >= 0
         if not keep.any():
             return {}
-        logits, labels = logits[keep], labels[keep]
-        return {"val_loss": round(float(F.cross_entropy(logits, labels)), 6),
-                "val_acc": round(float((logits.argmax(1) == labels).float().mean()), 6)}
+        out: dict[str, Any] = {
+            "val_loss": round(float(F.cross_entropy(logits[keep], labels[keep])), 6),
+            "val_acc": round(float((logits[keep].argmax(1) == labels[keep]).float().mean()), 6)}
+        if angles:
+            from asc.eval.metrics import angle_metrics
 
-    def _angles(self, model: nn.Module, task: tdata.TaskData) -> dict:
-        from asc.eval.metrics import angle_metrics
-
-        _, train_labels, train_feats = self._predict(model, task.train, want_embed=True)
-        _, test_labels, test_feats = self._predict(model, task.eval, want_embed=True)
-        keep = test_labels >= 0
-        res = angle_metrics(train_feats.numpy(), train_labels.numpy(), test_feats[keep].numpy(),
-                            test_labels[keep].numpy())
-        return {k: (None if v is None else round(float(v), 4)) for k, v in res.items()}
+            _, train_feats, train_labels = self._predict(model, task.angle_train, logits=False, embed=True)
+            res = angle_metrics(train_feats.numpy(), train_labels.numpy(), test_feats[keep].numpy(),
+                                labels[keep].numpy())
+            out["angles"] = {k: (None if v is None else round(float(v), 4)) for k, v in res.items()}
+        return out
 
     # ------------------------------------------------------------------ logging
     def _truncate_metrics(self, epoch: int) -> None:

@@ -85,6 +85,12 @@ SCHEMA: dict[str, Any] = {
         "compile": Field(bool, False),
         "eval_every": Field(int, 1, min=1),
         "angles_every": Field(int, 0, min=0),
+        "val_clips": Field(int, None, nullable=True, min=1,
+                           help="validate during training on this many clips of the evaluation split, "
+                                "spread evenly over devices and scenes (null: all); reports use all"),
+        "angle_clips": Field(int, None, nullable=True, min=1,
+                             help="class centres and training-data angles from this many training clips, "
+                                  "spread evenly over classes (null: all), in training and in reports"),
         "max_steps_per_epoch": Field(int, None, nullable=True, min=1),
     },
     "augment": {
