@@ -199,26 +199,42 @@ evaluate_runs() {
   run_jobs evaluate
 }
 
-# estimate_stage ARGS...: one line with the seconds stage 2 (training) and stage 3 (evaluation) should
-# take, from two timed steps of each model on this machine now (asc train --estimate, one process)
+# estimate_stages ARGS...: one line with the minutes stage 2 (training) and stage 3 (evaluation) should
+# take for the runs not done yet, from two timed steps of each model on this machine now
+# (asc.train.estimate, in one process); ARGS are recipe overrides (--set KEY=VALUE)
 estimate_stages() {
-  "$py" - "$task" "$profile" "$jobs" "${#run_dirs[@]}" "$models" "$@" "${overrides[@]}" <<'PY' || true
+  local i model norm seed dir todo=()
+  declare -A train_n=() eval_n=()
+  for i in "${!run_dirs[@]}"; do
+    read -r model norm seed <<<"${run_specs[$i]}"
+    dir=${run_dirs[$i]}
+    [ -f "$dir/COMPLETED" ] || train_n[$model]=$(( ${train_n[$model]:-0} + 1 ))
+    if ! [ -f "$dir/report/report.json" ] || ! [ "$dir/report/report.json" -nt "$dir/checkpoints/best.pt" ]; then
+      eval_n[$model]=$(( ${eval_n[$model]:-0} + 1 ))
+    fi
+  done
+  for model in $models; do
+    todo+=("$model:${train_n[$model]:-0}:${eval_n[$model]:-0}")
+  done
+  "$py" - "$task" "$profile" "$jobs" "${todo[*]}" "$@" "${overrides[@]}" <<'PY' || true
 import sys
 from asc.train.estimate import estimate
 from asc.train.recipe import load_recipe
 
-task, profile, jobs, runs, models, *args = sys.argv[1:]
+task, profile, jobs, todo, *args = sys.argv[1:]
 overrides = [a for a in args if a != "--set"]  # the script's "--set KEY=VALUE" pairs
-per_model = len(models.split())
 train = evaluate = 0.0
-for model in models.split():
+for item in todo.split():
+    model, n_train, n_eval = item.split(":")
+    if int(n_train) + int(n_eval) == 0:
+        continue
     try:
         e = estimate(load_recipe(f"recipes/{task}/{model}.yaml", profile=profile, overrides=overrides))
     except Exception as exc:  # an estimate must never stop the stage it describes
         print(f"(no time estimate: {exc})")
         sys.exit(0)
-    train += e["train_s"] * int(runs) / per_model
-    evaluate += e["evaluate_s"] * int(runs) / per_model
+    train += e["train_s"] * int(n_train)
+    evaluate += e["evaluate_s"] * int(n_eval)
 share = 1.0 if int(jobs) == 1 else 0.85  # measured: two one-thread runs at once take 85 % of one after another
 print(f"expected: training about {train * share / 60:.1f} min, evaluation about {evaluate * share / 60:.1f} min "
       f"(two timed steps per model on this machine now{', ' + jobs + ' runs at a time' if int(jobs) > 1 else ''})")

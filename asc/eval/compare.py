@@ -478,6 +478,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
 
     curves = write_curves(summary["groups"], {d: r.get("history") or [] for d, r in runs}, out,
                           synthetic=summary["synthetic"])
+    for stale in set(out.glob("curves_*.png")) - {out / name for _, name in curves}:
+        stale.unlink()  # figures of an earlier comparison of other models
     summary["figures"] = ["per_device.png", *(name for _, name in curves)]
     markdown = render_markdown(summary, "per_device.png", curves)
     atomic_write_json(out / "compare.json", summary)
