@@ -23,8 +23,11 @@ def test_run_dcase_stages_end_to_end_and_rerun(tmp_path):
     import yaml
 
     features = yaml.safe_load((ROOT / "features" / "logmel128_deltas.yaml").read_text())
-    features["n_mels"] = 64  # not the recipes' features
+    features.update(n_mels=64, duration=2.0)  # not the recipes' features; 2-s clips keep the test short
     (tmp_path / "mel64.yaml").write_text(yaml.safe_dump(features))
+    from asc.data.synth import synthesize
+
+    synthesize(tmp_path / "data", preset="tiny", seed=0, duration=2.0, workers=1)  # stage 0 finds it
     common = ["--preset", "tiny", "--synth", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"),
               "--exp", str(tmp_path / "exp"), "--nj", "1", "--models", "fcnn", "--jobs", "2",
               "--features", str(tmp_path / "mel64.yaml"),
@@ -43,7 +46,7 @@ def test_run_dcase_stages_end_to_end_and_rerun(tmp_path):
         report = json.loads((tmp_path / "exp" / run / "report" / "report.json").read_text())
         assert report["synthetic"] is True and report["overall"]["n"] > 0
         assert set(report["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
-        assert report["model"]["input_shape"] == [3, 64, 423]
+        assert report["model"]["input_shape"] == [3, 64, 79]
     compare = json.loads((tmp_path / "exp" / "compare" / "compare.json").read_text())
     assert compare["synthetic"] is True and compare["differences"][0]["paired"]["n"] == 1
 
@@ -74,7 +77,7 @@ def test_run_dcase_refuses_a_data_folder_that_is_not_tau(tmp_path):
 
 
 def test_run_cifar_quick_on_tiny_synthetic_set(tmp_path):
-    res = _run(["recipes/run_cifar.sh", "--preset", "tiny", "--models", "resnet20",
+    res = _run(["recipes/run_cifar.sh", "--preset", "tiny", "--models", "resnet20", "--norms", "l2bn",
                 "--synth", str(tmp_path / "cifar"), "--exp", str(tmp_path / "exp"),
                 "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
