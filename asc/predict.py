@@ -110,7 +110,8 @@ class Predictor:
             short = (size - n) / self.sample_rate > LENGTH_TOLERANCE_S
             return np.pad(wave, (0, size - n))[None], [0], short
         starts = list(range(0, n - size + 1, self.hop_samples))
-        if starts[-1] + size < n:  # a tail the hop skipped: one more window, ending at the end
+        if starts[-1] + size < n and self.hop_samples <= size:  # a tail the windows missed: one more, ending
+            # at the end (a hop longer than the window skips audio on purpose, so not then)
             starts.append(n - size)
         return np.stack([wave[s:s + size] for s in starts]), starts, False
 
@@ -280,12 +281,12 @@ def expand_paths(items: Sequence[str]) -> list[str]:
                 lines = listing.read_text(encoding="utf-8").splitlines()
             except OSError as exc:
                 raise DataError(f"{listing}: cannot read the list of paths ({exc.strerror})") from None
-            base = listing.parent
-            for line in lines:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    path = line if os.path.isabs(line) or os.path.exists(line) else str(base / line)
-                    out.append(path)
+            # relative paths in a list are taken from the list's folder, as paths in a config file are
+            listed = [str(listing.parent / line) if not os.path.isabs(line) else line
+                      for line in (raw.strip() for raw in lines) if line and not line.startswith("#")]
+            if not listed:
+                raise DataError(f"{listing}: lists no paths (one audio path per line; # starts a comment)")
+            out.extend(listed)
         elif os.path.isdir(item):
             found = sorted(str(p) for p in Path(item).rglob("*")
                            if p.suffix.lower() in suffixes and p.is_file())

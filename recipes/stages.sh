@@ -36,13 +36,22 @@ parse_options() {
   local n
   if [ "${jobs:-auto}" = auto ]; then  # CPU: one run per pair of cores keeps both busy, also in the serial parts
     jobs=1
-    if [ "$device" != cuda ] && [ "$gpus" -eq 1 ] && [ "$(nproc)" -ge 2 ]; then jobs=2; fi
+    local gpu=0
+    if [ "$device" = auto ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
+      gpu=1
+    fi
+    if [ "$device" != cuda ] && [ "$gpu" -eq 0 ] && [ "$gpus" -eq 1 ] && [ "$(nproc)" -ge 2 ]; then jobs=2; fi
   fi
   for n in "$stage" "$stop_stage" "$gpus" "$jobs" $seeds; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "expected a whole number, got '$n' (see --help)"
   done
   [ "$gpus" -ge 1 ] || die "--gpus must be at least 1"
   [ "$jobs" -ge 1 ] || die "--jobs must be at least 1"
+  if [ "$jobs" -gt 1 ] && { [ "${BASH_VERSINFO[0]}" -lt 5 ] ||
+                            { [ "${BASH_VERSINFO[0]}" -eq 5 ] && [ "${BASH_VERSINFO[1]}" -lt 1 ]; }; }; then
+    echo "$script.sh: bash $BASH_VERSION cannot wait for one of several jobs (5.1 can); running one at a time" >&2
+    jobs=1
+  fi
   threads=$(( $(nproc) / jobs ))
   [ "$threads" -ge 1 ] || threads=1
   case "$device" in auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, got '$device'" ;; esac
@@ -118,13 +127,16 @@ run_jobs() {
       [ "$failed" -eq 0 ] || break
     done
   else
-    local logdir="$exp/logs" pid running=0 t0
+    local logdir="$exp/logs" pid running=0
     mkdir -p "$logdir"
     declare -A started=() dir_of=() log_of=()
+    # background jobs ignore Ctrl-C: stop them with the script, or they would train on unseen
+    trap 'kill $(jobs -p) 2>/dev/null; exit 130' INT TERM
     for i in "${!job_dirs[@]}"; do
       while [ "$running" -ge "$jobs" ]; do
         _reap || failed=1
       done
+      [ "$failed" -eq 0 ] || break  # a failed run: start no more, let the running ones finish
       local logfile="$logdir/$(basename "${job_dirs[$i]}").$name.log"
       ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; eval "${job_cmds[$i]}" ) >"$logfile" 2>&1 &
       pid=$!
@@ -137,6 +149,7 @@ run_jobs() {
     while [ "$running" -gt 0 ]; do
       _reap || failed=1
     done
+    trap - INT TERM
   fi
   job_dirs=()
   job_cmds=()

@@ -11,8 +11,6 @@ import torch
 
 from asc.cli import main
 
-from .test_evaluate import tiny_run  # noqa: F401 - the stored run fixture
-
 
 def _bn_copy(run, dest):
     """The same run folder with an untrained BN model of the same shape in its checkpoint."""
@@ -30,7 +28,7 @@ def _bn_copy(run, dest):
     return dest
 
 
-def test_analyze_measures_every_norm_layer_and_overlays_runs(tiny_run, tmp_path, capsys):  # noqa: F811
+def test_analyze_measures_every_norm_layer_and_overlays_runs(tiny_run, tmp_path, capsys):
     from asc.features.dataset import load_split_arrays
     from asc.nn import norm_kind_of
     from asc.runs import load_run

@@ -208,3 +208,35 @@ def test_curves_over_epochs_mean_over_seeds_and_are_linked(tmp_path):
     assert list(epochs) == [1, 2, 3, 4] and values.mean(0) == pytest.approx([0.105, 0.205, 0.305, 0.405])
     epochs, _ = series(histories[:1], "iir_test", True)
     assert list(epochs) == [2, 4]  # angles only where they were measured
+
+
+def test_epochs_and_features_must_agree_within_a_model_not_across_models(tmp_path):
+    """The paper profile trains ResNet-17 for 126 epochs and the FCNNs for 254: one comparison."""
+    root = tmp_path / "runs"
+
+    def scored(run, epochs):
+        report = json.loads((run / "report" / "report.json").read_text())
+        report["scored_on"] = {"split": "evaluate", "dataset": "tiny", "dataset_root": "/data/tiny",
+                               "feature_hash": "abc", "epochs": epochs}
+        (run / "report" / "report.json").write_text(json.dumps(report))
+        return run
+
+    runs = [scored(_fake_run(root, f"{m}-{n}", m, n, 0, 0.5, 0.5, 1.0), e)
+            for m, e in (("resnet17", 126), ("fcnn", 254)) for n in ("bn", "l2bn")]
+    compare_runs(runs, tmp_path / "ok")
+    runs.append(scored(_fake_run(root, "fcnn-l2bn-1", "fcnn", "l2bn", 1, 0.5, 0.5, 1.0), 6))
+    with pytest.raises(AscError, match=r"epochs: 254 .*fcnn-bn.*, 6 .*fcnn-l2bn-1"):
+        compare_runs(runs, tmp_path / "mixed")
+
+
+def test_differences_equal_up_to_rounding_get_no_interval_and_no_mark(tmp_path):
+    from asc.eval.compare import paired_test
+
+    r = paired_test([0.2 - 0.1, 0.3 - 0.2, 0.5 - 0.4])  # 0.1 each, up to float rounding
+    assert r["diff_ci95"] is None and r["p_value"] is None and r["diff_mean"] == pytest.approx(0.1)
+    root = tmp_path / "runs"
+    runs = [_fake_run(root, f"f-{n}-{s}", "fcnn", n, s, acc + (0.1 if n == "l2bn" else 0.0), 0.5, 1.0)
+            for s, acc in enumerate((0.1, 0.2, 0.4)) for n in ("bn", "l2bn")]
+    _, markdown, _ = compare_runs(runs, tmp_path / "cmp")
+    row = next(line for line in markdown.splitlines() if line.startswith("| fcnn | l2bn − bn | 3 |"))
+    assert "(no interval)" in row and "†" not in row

@@ -168,3 +168,16 @@ def test_training_engine_gives_bin_gates_ten_times_the_rate_and_no_weight_decay(
     assert gate["lr_mult"] == 10.0 and gate["weight_decay"] == 0.0 and len(gate["params"]) == 1
     others = [g for g in opt.param_groups if g is not gate]
     assert all(g["lr_mult"] == 1.0 and g["weight_decay"] == 1e-3 for g in others)
+
+
+def test_switch_norm_stays_finite_on_a_constant_channel():
+    """E[x²] − E[x]² in float32 can go below zero for a large constant; the variances are clamped."""
+    m = SwitchNorm(4, momentum=1.0)
+    with torch.no_grad():
+        m.var_weight.copy_(torch.tensor([-30.0, -30.0, 30.0]))  # the variance is the BN part's
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 5, 5)
+    # constant over space, nearly so over the batch: E[x²] − E[x]² of the BN part is -1 in float32
+    x[:, 1] = (3000 + 1e-3 * torch.randn(8)).view(8, 1, 1)
+    y = m(x)
+    assert torch.isfinite(y).all() and (m.running_var >= 0).all()

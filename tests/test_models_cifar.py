@@ -111,10 +111,11 @@ def test_forward_and_embed_shapes(name):
     model.eval()
     with torch.no_grad():
         emb = model.embed(x)
+        out = model(x)
         assert emb.shape == (2, CIFAR_MODELS[name])
-        assert torch.allclose(model(x), model.fc(emb))  # embed is exactly what the classifier sees
+        assert torch.allclose(out, model.fc(emb))  # embed is exactly what the classifier sees
         logits, emb2 = model.forward_with_embedding(x)
-        assert torch.allclose(logits, model(x)) and torch.allclose(emb2, emb)
+        assert torch.allclose(logits, out) and torch.allclose(emb2, emb)
 
 
 @pytest.mark.parametrize("name", sorted(CIFAR_MODELS))

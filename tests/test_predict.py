@@ -12,7 +12,6 @@ import soundfile as sf
 
 from asc.cli import main
 
-from .test_evaluate import tiny_run  # noqa: F401 - the stored run fixture
 from .tiny_tau import SR
 
 
@@ -28,7 +27,7 @@ def _tone(seconds: float, sr: int, channels: int = 1, freq: float = 500.0) -> np
     return np.stack([y] * channels, axis=1).astype(np.float32) if channels > 1 else y.astype(np.float32)
 
 
-def test_predict_gives_the_probabilities_evaluate_wrote(tiny_run, tmp_path):  # noqa: F811
+def test_predict_gives_the_probabilities_evaluate_wrote(tiny_run, tmp_path):
     """The wav files of the evaluate split, through asc predict, against RUN/report/predictions.csv."""
     run, data = tiny_run["run"], tiny_run["base"] / "tau"
     assert main(["evaluate", str(run), "--device", "cpu", "--no-angles"]) == 0
@@ -52,7 +51,7 @@ def test_predict_gives_the_probabilities_evaluate_wrote(tiny_run, tmp_path):  # 
     (44100, 1, "PCM_24", 1.0),    # 44.1-kHz 24-bit mono
     (SR, 1, "FLOAT", 1.0),
 ])
-def test_any_rate_channels_and_bit_depth(tiny_run, tmp_path, sr, channels, subtype, seconds):  # noqa: F811
+def test_any_rate_channels_and_bit_depth(tiny_run, tmp_path, sr, channels, subtype, seconds):
     from asc.predict import Predictor
 
     path = tmp_path / "clip.wav"
@@ -67,7 +66,7 @@ def test_any_rate_channels_and_bit_depth(tiny_run, tmp_path, sr, channels, subty
     assert same.scene == result.scene
 
 
-def test_short_and_long_clips_windows_and_json(tiny_run, tmp_path):  # noqa: F811
+def test_short_and_long_clips_windows_and_json(tiny_run, tmp_path):
     short, long_ = tmp_path / "short.wav", tmp_path / "long.flac"
     sf.write(short, _tone(0.4, SR), SR)
     sf.write(long_, _tone(3.5, SR), SR)
@@ -86,7 +85,7 @@ def test_short_and_long_clips_windows_and_json(tiny_run, tmp_path):  # noqa: F81
     assert [r[0] for r in rows] == [str(short), str(long_)]
 
 
-def test_folders_lists_and_broken_files(tiny_run, tmp_path, capsys):  # noqa: F811
+def test_folders_lists_and_broken_files(tiny_run, tmp_path, capsys):
     folder = tmp_path / "rec"
     (folder / "sub").mkdir(parents=True)
     for name in ("a.wav", "sub/b.flac"):
@@ -123,7 +122,7 @@ def test_folders_lists_and_broken_files(tiny_run, tmp_path, capsys):  # noqa: F8
     assert "skipped" in err and str(bad_nan) in err and str(bad_text) in err
 
 
-def test_predict_refuses_what_it_cannot_score(tiny_run, tmp_path, capsys):  # noqa: F811
+def test_predict_refuses_what_it_cannot_score(tiny_run, tmp_path, capsys):
     run = str(tiny_run["run"])
     clip = tmp_path / "c.wav"
     sf.write(clip, _tone(1.0, SR), SR)
@@ -137,6 +136,10 @@ def test_predict_refuses_what_it_cannot_score(tiny_run, tmp_path, capsys):  # no
     empty.mkdir()
     assert main(["predict", run, str(empty)]) == 2
     assert "no audio files" in capsys.readouterr().err
+    listing = tmp_path / "nothing.txt"
+    listing.write_text("# nothing here\n\n")
+    assert main(["predict", run, f"@{listing}"]) == 2
+    assert "lists no paths" in capsys.readouterr().err
 
 
 def test_help_has_examples(capsys):

@@ -79,9 +79,27 @@ def test_run_dcase_refuses_a_data_folder_that_is_not_tau(tmp_path):
 def test_run_cifar_quick_on_tiny_synthetic_set(tmp_path):
     res = _run(["recipes/run_cifar.sh", "--preset", "tiny", "--models", "resnet20", "--norms", "l2bn",
                 "--synth", str(tmp_path / "cifar"), "--exp", str(tmp_path / "exp"),
-                "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2"])
+                "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
+                "--set", "train.angle_clips=200"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "comparison report:" in res.stdout
     run = tmp_path / "exp" / "resnet20_quick_l2bn_seed121"
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["synthetic"] is True and report["overall"]["n"] > 0
+
+
+def test_parallel_jobs_report_a_failure_and_start_no_more(tmp_path):
+    """run_jobs with two at a time: one fails, the running one finishes, the queued ones never start."""
+    script = f"""
+set -euo pipefail
+script=t; exp={tmp_path}; jobs=2; threads=1
+source recipes/stages.sh
+job_dirs=(a b c d)
+job_cmds=("sleep 0.5; echo done-a" "echo boom >&2; exit 3" "sleep 0.2; echo done-c" "touch {tmp_path}/d-ran")
+run_jobs train
+"""
+    res = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "stage failed" in res.stderr
+    assert "b: FAILED" in res.stdout and "boom" in res.stdout and "a: done in" in res.stdout
+    assert not (tmp_path / "d-ran").exists()
+    assert (tmp_path / "logs" / "a.train.log").read_text().strip() == "done-a"

@@ -254,3 +254,22 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one(tiny, monkeypatc
     assert main(["train", "--recipe", str(tiny["recipe"]), "--out", str(out), "--set", "train.epochs=2",
                  "--device", "cpu", "--resume"]) == 0
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_a_folder_being_trained_is_not_taken_over(tiny):
+    """Before its first checkpoint a run folder looks abandoned; the lock says someone is in it."""
+    out = tiny["base"] / "run_locked"
+    first = subprocess.Popen(_train_cmd(tiny["recipe"], out, "--set", "train.epochs=3"), env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / ".training.lock").exists():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.01)
+        res = subprocess.run(_train_cmd(tiny["recipe"], out, "--resume"), env=_env(), capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 2 and "is training in this folder" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()

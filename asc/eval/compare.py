@@ -25,8 +25,10 @@ from asc.errors import AscError, DataError
 from asc.fileio import atomic_open, atomic_write_json, atomic_write_text
 
 BASELINE_NORM = "bn"
-#: what a report must share with the others to stand beside them (report.json "scored_on")
+#: what a report must share with the others to stand beside them (report.json "scored_on"); the last
+#: ones only within a model, since models of one study may train for different numbers of epochs
 SCORED_ON_KEYS = ("split", "dataset", "dataset_root", "feature_hash", "epochs")
+PER_MODEL_KEYS = ("feature_hash", "epochs")
 SCORE_KEYS = ("accuracy", "macro_accuracy", "log_loss")
 ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
 GROUP_KEYS = ("real", "seen_simulated", "unseen")
@@ -167,12 +169,12 @@ def paired_test(diffs: Sequence[float]) -> dict:
         return {"n": 1, "diff_mean": mean, "diff_ci95": None, "p_value": None,
                 "note": "a single pair: no interval; train more seeds (e.g. --seeds \"0 1 2\")"}
     sd = float(d.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # equal up to rounding: no spread, so no interval and no test
+        return {"n": n, "diff_mean": mean, "diff_ci95": None, "p_value": None,
+                "note": "identical differences: no spread to build an interval or a test from"}
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    p = None
-    if sd > 0:
-        p = float(stats.ttest_rel(d, np.zeros_like(d)).pvalue)
-    return {"n": n, "diff_mean": mean, "diff_ci95": [mean - half, mean + half], "p_value": p,
-            "note": None if sd > 0 else "identical differences: no p-value"}
+    p = float(stats.ttest_rel(d, np.zeros_like(d)).pvalue)
+    return {"n": n, "diff_mean": mean, "diff_ci95": [mean - half, mean + half], "p_value": p, "note": None}
 
 
 def _seed_values(members: Sequence[tuple[str, Mapping]], get) -> dict:
@@ -216,14 +218,19 @@ def scored_on(report: Mapping) -> dict:
 
 
 def check_comparable(runs: Sequence[tuple[str, Mapping]]) -> list[str]:
-    """Each SCORED_ON_KEYS item on which the runs differ, as 'key: value (run), value (run)'."""
+    """Each SCORED_ON_KEYS item on which the runs differ, as 'key: value (run), value (run)': split and
+    dataset across all runs, feature config and epochs among the runs of each model."""
     problems = []
+    models = sorted({_group_key(report)[0] for _, report in runs})
     for key in SCORED_ON_KEYS:
-        seen: dict[str, str] = {}
-        for run_dir, report in runs:
-            seen.setdefault(json.dumps(scored_on(report).get(key), default=str), run_dir)
-        if len(seen) > 1:
-            problems.append(f"{key}: " + ", ".join(f"{json.loads(v)} ({r})" for v, r in seen.items()))
+        groups = [[(d, r) for d, r in runs if _group_key(r)[0] == m] for m in models] \
+            if key in PER_MODEL_KEYS else [list(runs)]
+        for members in groups:
+            seen: dict[str, str] = {}
+            for run_dir, report in members:
+                seen.setdefault(json.dumps(scored_on(report).get(key), default=str), run_dir)
+            if len(seen) > 1:
+                problems.append(f"{key}: " + ", ".join(f"{json.loads(v)} ({r})" for v, r in seen.items()))
     return problems
 
 
@@ -272,6 +279,14 @@ def _excludes_zero(stats: Mapping | None) -> bool:
 def _marked(text: str, stats: Mapping | None) -> str:
     """A difference whose 95 % interval excludes zero is marked †."""
     return text + " †" if _excludes_zero(stats) else text
+
+
+def _all_paired(diff: Mapping, summary: Mapping) -> bool:
+    """The main table shows mean(norm) − mean(bn) over all runs; its † is only meaningful when every
+    run of both groups is in a pair (otherwise the paired table holds the claim)."""
+    sizes = {(g["model"], g["norm"]): g["n"] for g in summary["groups"]}
+    n = (diff.get("paired") or {}).get("n", 0)
+    return n == sizes.get((diff["model"], diff["baseline"])) == sizes.get((diff["model"], diff["norm"]))
 
 
 def _fmt_paired(stats: Mapping, scale: float = 1.0, digits: int = 2) -> str:
@@ -353,7 +368,7 @@ def main_table(summary: Mapping) -> list[str]:
                 _fmt(g["angles"]["iir_train"], 1, 3), _fmt(g["angles"]["iir_test"], 1, 3)]
 
     def diff_cells(d):
-        p = d.get("paired") or {}
+        p = (d.get("paired") or {}) if _all_paired(d, summary) else {}
         groups = p.get("device_groups") or {}
         return [_marked(_fmt_diff(d["accuracy"], 100), p), _marked(_fmt_diff(d["macro_accuracy"], 100),
                                                                     p.get("macro_accuracy")),

@@ -84,10 +84,10 @@ class SwitchNorm(_RunningStats):
         var_in, mean_in = torch.var_mean(xf.to(acc), dim=-1, correction=0)  # (N, C)
         second = var_in + mean_in.square()
         mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = second.mean(1, keepdim=True) - mean_ln.square()
+        var_ln = (second.mean(1, keepdim=True) - mean_ln.square()).clamp_min(0)  # E[x²] - E[x]² may cancel
         if self._use_batch_stats():
             mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = second.mean(0, keepdim=True) - mean_bn.square()
+            var_bn = (second.mean(0, keepdim=True) - mean_bn.square()).clamp_min(0)
             if self.training and self.track_running_stats:
                 m = self._momentum()
                 with torch.no_grad():

@@ -200,7 +200,7 @@ def l2_batch_norm(
     """
     if x.dim() < 2:
         raise ValueError(f"expected at least 2-D input (N, C, ...), got {x.dim()}-D")
-    if training:
+    if training and process_group is None:  # synchronized: the count that matters is the global one
         size = x.numel() // x.shape[1]
         if size == 1:
             raise ValueError(

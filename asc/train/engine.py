@@ -190,6 +190,10 @@ class Trainer:
         saved_recipe = self.run_dir / "recipe.yaml"
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise AscError(f"{self.run_dir}: exists and is not a folder; choose another --out")
+        holder = run_lock_holder(self.run_dir)
+        if holder:
+            raise AscError(f"{self.run_dir}: {holder} is training in this folder; wait for it or stop it, "
+                           f"or choose another --out (if that process is gone, delete {LOCK} there)")
         fresh_start = False
         if ckpt_path.exists():
             if not self.resume:
@@ -213,6 +217,7 @@ class Trainer:
                 for stale in ("COMPLETED", "metrics.jsonl"):
                     (self.run_dir / stale).unlink(missing_ok=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            take_run_lock(self.run_dir)
             atomic_write_text(self.run_dir / "recipe.yaml", dump_yaml(self.recipe))
             env = {**environment(self.ctx), "precision": self.precision}
             atomic_write_json(self.run_dir / "env.json", env)
@@ -377,7 +382,9 @@ class Trainer:
         return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
 
     def _check_finite(self, losses: torch.Tensor, grad_norms: torch.Tensor, epoch: int, step: int) -> None:
-        """Stop at a non-finite loss or gradient (before the step that would spread it to the weights)."""
+        """Stop at a non-finite loss or gradient: checked at every step on a CPU (before the step that would
+        spread it to the weights), every 10 steps on a GPU (where each check waits for the device); a
+        weight made non-finite in between is caught by the check after the epoch, before any checkpoint."""
         for what, values in (("loss", losses), ("gradient norm", grad_norms)):
             done = values[: step + 1]
             bad = (~torch.isfinite(done)).nonzero()
@@ -467,6 +474,52 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False,
     try:
         return trainer.fit()
     finally:
+        if trainer.ctx.main:
+            release_run_lock(trainer.run_dir)
         if trainer.ctx.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ one trainer per run folder
+LOCK = ".training.lock"
+
+
+def run_lock_holder(run_dir: Path) -> str | None:
+    """'process N on HOST' when a live process of this host holds the folder's lock, else None (a lock
+    left by a process that died is stale: the folder can be taken over or resumed)."""
+    try:
+        pid, host = (run_dir / LOCK).read_text(encoding="utf-8").split()[:2]
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return f"process {pid} on {host}"  # cannot tell from here whether it lives: trust it
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return None
+    except PermissionError:
+        pass
+    return None if int(pid) == os.getpid() else f"process {pid} on {host}"
+
+
+def take_run_lock(run_dir: Path) -> None:
+    """Claim the folder for this process; two trainers starting at once cannot both get it."""
+    path = run_dir / LOCK
+    path.unlink(missing_ok=True)  # stale: run_lock_holder found no live holder
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise AscError(f"{run_dir}: another asc train claimed this folder at the same moment; "
+                       "choose another --out") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+
+
+def release_run_lock(run_dir: Path) -> None:
+    path = run_dir / LOCK
+    try:
+        if path.read_text(encoding="utf-8").split()[0] == str(os.getpid()):
+            path.unlink()
+    except (OSError, IndexError):
+        pass
 
