@@ -133,3 +133,18 @@ def test_check_and_extract_agree_on_broken_audio(tiny_dataset, tmp_path, capsys)
     reasons = {s["file"]: s["reason"] for s in skipped}
     assert sorted(reasons) == sorted(f"audio/{p.name}" for p in (cut, nan, loop))
     assert "1 NaN/Inf samples" in reasons[f"audio/{nan.name}"]
+
+
+def test_every_command_prints_its_help_with_an_example(capsys):
+    """`asc --help` and each subcommand's --help render (a stray % in a help text would crash them)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    listing = capsys.readouterr().out
+    commands = ("data", "extract", "train", "evaluate", "compare", "analyze", "predict")
+    assert all(f"    {c} " in listing for c in commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert "example" in capsys.readouterr().out, command

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
     compare = subparsers.add_parser(
         "compare",
-        help="BN vs L2BN over evaluated runs: mean ± std, paired differences with 95 % CI and p-value",
+        help="BN vs L2BN over evaluated runs: mean ± std, paired differences with 95 %% CI and p-value",
         description=(
             "Read RUN/report/report.json of each run, group the runs by model and norm, and write\n"
             "compare.md, compare.json and figures: accuracy (mean ± std over seeds), macro accuracy, log\n"
