@@ -310,24 +310,11 @@ def audio_suffixes() -> set[str]:
     return suffixes
 
 
-def write_csv(path: str | os.PathLike, predictions: Sequence[Prediction], class_names: Sequence[str]) -> None:
-    import csv
-    import io
-
-    from asc.fileio import atomic_write_text
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(["filename", "scene_label", *class_names])
-    for p in predictions:
-        writer.writerow([p.name, p.scene, *(repr(p.probabilities[c]) for c in class_names)])
-    atomic_write_text(path, buf.getvalue())
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
     from asc.errors import ConfigError
+    from asc.eval.report import write_submission
     from asc.fileio import atomic_write_text
 
     if args.top_k < 1:
@@ -339,7 +326,9 @@ def run(args: argparse.Namespace) -> int:
                                    window=args.window, hop=args.hop, batch_size=args.batch_size)
     results, bad = predictor.predict_many(paths, skip_bad=args.skip_bad)
     if results:
-        write_csv(args.out, results, predictor.class_names)
+        write_submission(args.out, [r.name for r in results],
+                         [[r.probabilities[c] for c in predictor.class_names] for r in results],
+                         predictor.class_names)
         if args.json:
             atomic_write_text(args.json, json.dumps({"run": str(args.run), "window_s": predictor.window,
                                                      "hop_s": predictor.hop,

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from bench_extract import best_time  # scripts/ is on the path when a script runs
 
 from asc.features.logmel import load_feature_config
 from asc.models import create_model
@@ -37,15 +37,6 @@ def write_files(folder: Path, n: int) -> list[str]:
         sf.write(path, y.astype(np.float32), sr, subtype="PCM_24")
         paths.append(str(path))
     return paths
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -79,10 +70,10 @@ def main() -> None:
                 predictor.extractor(torch.from_numpy(predictor.load(p)))
 
         rows = [
-            ("decode only (soundfile)", best(lambda: [predictor.load(p) for p in paths], args.repeats)),
-            ("decode + features, one clip at a time", best(decode_features, args.repeats)),
-            ("model only (precomputed features)", best(model_only, args.repeats)),
-            ("asc predict: Predictor.predict_many", best(
+            ("decode only (soundfile)", best_time(lambda: [predictor.load(p) for p in paths], args.repeats)),
+            ("decode + features, one clip at a time", best_time(decode_features, args.repeats)),
+            ("model only (precomputed features)", best_time(model_only, args.repeats)),
+            ("asc predict: Predictor.predict_many", best_time(
                 lambda: predictor.predict_many(paths, show_progress=False), args.repeats)),
         ]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.files} files of 10 s, "

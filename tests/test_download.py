@@ -154,15 +154,20 @@ def test_interrupted_transfer_resumes_with_range(tmp_path, fake_set):
     assert (tmp_path / "tau/audio/bus-paris-5-100-a.wav").stat().st_size == 256 * 400
 
 
-def test_part_file_from_an_earlier_run_is_continued(tmp_path, fake_set):
-    files, packages = fake_set
-    name = f"{ARCHIVE_ROOT}.audio.1.zip"
+@pytest.mark.parametrize("dataset", ["dev", "eval"])
+def test_part_file_from_an_earlier_run_is_continued(tmp_path, fake_set, fake_eval_set, dataset):
+    files, packages = fake_set if dataset == "dev" else fake_eval_set
+    root = ARCHIVE_ROOT if dataset == "dev" else EVAL_ARCHIVE_ROOT
+    name = f"{root}.audio.1.zip"
     work = tmp_path / "tau/.download"
     work.mkdir(parents=True)
     (work / f"{name}.part").write_bytes(files[name][:12345])
     with FakeZenodo(files) as server:
-        download_tau2020(tmp_path / "tau", server.url, packages, retry_wait=0, log=lambda *_: None)
+        download_tau2020(tmp_path / "tau", server.url, packages, dataset=dataset, retry_wait=0,
+                         log=lambda *_: None)
         assert [r for n, r in server.requests if n == name] == ["bytes=12345-"]
+    if dataset == "eval":
+        assert (tmp_path / "tau/audio/1.wav").read_bytes() == EVAL_AUDIO["audio/1.wav"]
 
 
 def test_corrupted_download_is_detected_and_fetched_again(tmp_path, fake_set):
@@ -313,19 +318,6 @@ def test_eval_set_via_cli_verifies_extracts_and_resumes(tmp_path, fake_eval_set,
 
     test = load_tau2020(out).split("test")
     assert [c.filename for c in test] == ["audio/0.wav", "audio/1.wav"] and test[0].scene is None
-
-
-def test_eval_part_file_from_an_earlier_run_is_continued(tmp_path, fake_eval_set):
-    files, packages = fake_eval_set
-    name = f"{EVAL_ARCHIVE_ROOT}.audio.1.zip"
-    work = tmp_path / "eval/.download"
-    work.mkdir(parents=True)
-    (work / f"{name}.part").write_bytes(files[name][:12345])
-    with FakeZenodo(files) as server:
-        download_tau2020(tmp_path / "eval", server.url, packages, dataset="eval", retry_wait=0,
-                         log=lambda *_: None)
-        assert [r for n, r in server.requests if n == name] == ["bytes=12345-"]
-    assert (tmp_path / "eval/audio/1.wav").read_bytes() == EVAL_AUDIO["audio/1.wav"]
 
 
 def test_eval_wrong_md5_is_an_error(tmp_path, fake_eval_set):

@@ -1,4 +1,4 @@
-"""Deterministic subsets that keep a dataset's mix (of devices, of classes)."""
+"""Deterministic subsets that keep a dataset's mix (of devices, of classes), and the view that serves them."""
 
 from __future__ import annotations
 
@@ -20,3 +20,19 @@ def stratified_indices(keys: Sequence, n: int | None) -> list[int]:
             if q and len(picked) < n:
                 picked.append(q.pop())
     return sorted(picked)
+
+
+class Subset:
+    """Some items of a dataset (torch's Dataset protocol), keeping its `records` when it has them, so
+    that loaders still see a feature cache (and use worker processes for it)."""
+
+    def __init__(self, base, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, list(indices)
+        if hasattr(base, "records"):
+            self.records = [base.records[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]

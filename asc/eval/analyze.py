@@ -173,8 +173,8 @@ def analyze_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     for r in results:
         written += write_analysis([r], Path(r["run"]) / ANALYSIS_DIR)
     if len(results) > 1:
-        if out_dir is None:
-            parents = [os.path.abspath(Path(r).resolve().parent) for r in run_dirs]
-            out_dir = Path(os.path.commonpath(parents)) / ANALYSIS_DIR
-        written += write_analysis(results, Path(out_dir))
+        from asc.eval.compare import default_out_dir
+
+        out = Path(out_dir) if out_dir else default_out_dir(run_dirs, ANALYSIS_DIR)
+        written += write_analysis(results, out)
     return results, written

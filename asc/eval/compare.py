@@ -466,10 +466,10 @@ def _device_chart(summary: Mapping, path: Path) -> None:
         fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
 
 
-def default_out_dir(run_dirs: Sequence[str | os.PathLike]) -> Path:
-    """`<common parent of the runs>/compare`."""
+def default_out_dir(run_dirs: Sequence[str | os.PathLike], name: str = "compare") -> Path:
+    """`<common parent of the runs>/<name>`."""
     parents = [os.path.abspath(Path(r).resolve().parent) for r in run_dirs]
-    return Path(os.path.commonpath(parents)) / "compare"
+    return Path(os.path.commonpath(parents)) / name
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,

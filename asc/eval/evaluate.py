@@ -235,9 +235,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
 
     train_embeddings = train_labels = None
     if angles and labelled:
-        from torch.utils.data import Subset
-
-        from asc.data.sampling import stratified_indices
+        from asc.data.sampling import Subset, stratified_indices
 
         train = load_split(recipe, train_split, recipe_path)
         # class centres from the training clips the run's curves used (train.angle_clips; null: all)

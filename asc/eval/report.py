@@ -168,10 +168,16 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
 
 def write_predictions(path: str | os.PathLike, filenames: Sequence[str], logits: np.ndarray,
                       scene_names: Sequence[str]) -> None:
-    """DCASE 2020 Task 1a system output: tab-separated filename (as the fold file lists it), scene_label,
-    one probability per class written in full precision (shortest round-trip form), so scores
-    recomputed from the file equal the report's."""
-    prob = M.softmax(logits)
+    """DCASE 2020 Task 1a system output of a model's logits (see write_submission)."""
+    write_submission(path, filenames, M.softmax(logits), scene_names)
+
+
+def write_submission(path: str | os.PathLike, filenames: Sequence[str], prob: np.ndarray,
+                     scene_names: Sequence[str]) -> None:
+    """DCASE 2020 Task 1a system output: tab-separated filename (as given: the fold file's or the user's),
+    scene_label (the most probable), one probability per class in full precision (shortest round-trip
+    form), so scores recomputed from the file equal the report's."""
+    prob = np.asarray(prob, dtype=np.float64)
     if prob.shape != (len(filenames), len(scene_names)):
         raise ValueError(f"probabilities {prob.shape} do not fit {len(filenames)} files x {len(scene_names)}")
     buf = io.StringIO()

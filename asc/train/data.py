@@ -7,7 +7,7 @@ a single uninterrupted process sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from asc.data.sampling import stratified_indices
+from asc.data.sampling import Subset, stratified_indices
 from asc.errors import AscError
 from asc.train import augment
 
@@ -39,30 +39,15 @@ class TaskData:
     angle_train: Dataset | None = None
 
 
-class _Subset(Dataset):
-    """Some items of a dataset, keeping its `records` (so loaders know it reads a feature cache)."""
-
-    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
-        self.base, self.indices = base, list(indices)
-        if hasattr(base, "records"):
-            self.records = [base.records[i] for i in self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.base[self.indices[i]]
-
-
 def subsets_for(task: TaskData, recipe: dict) -> TaskData:
     """Fill task.val and task.angle_train from the recipe's train.val_clips / train.angle_clips."""
     tr = recipe["train"]
     labels = _labels(task.eval)
     devices = list(getattr(task.eval, "devices", None) or [None] * len(labels))
     task.val = task.eval if tr["val_clips"] is None else \
-        _Subset(task.eval, stratified_indices(list(zip(devices, labels)), tr["val_clips"]))
+        Subset(task.eval, stratified_indices(list(zip(devices, labels)), tr["val_clips"]))
     task.angle_train = task.train if tr["angle_clips"] is None else \
-        _Subset(task.train, stratified_indices(_labels(task.train), tr["angle_clips"]))
+        Subset(task.train, stratified_indices(_labels(task.train), tr["angle_clips"]))
     return task
 
 
