@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asc.data.audio import MISSING_FILE, audio_info, check_audio, file_problem
-from asc.data.tau2020 import DEVICES, SCENES, SPLITS, UNSEEN, Clip, TauDataset, load_tau2020
+from asc.data.clips import SPLITS, AudioDataset, Clip
+from asc.data.readers import load_dataset
 from asc.errors import DataError
 
+TauDataset = AudioDataset
 AUDIO_MODES = ("all", "sample", "none")
-EXPECTED_SR = 44100
-EXPECTED_SECONDS = 10.0
 
 
 @dataclass
@@ -43,16 +43,18 @@ def _structure_warnings(data: TauDataset) -> list[str]:
     train, evaluate = data.split("train"), data.split("evaluate")
     if data.version != "eval" and (not train or not evaluate):
         out.append(f"split sizes: train {len(train)}, evaluate {len(evaluate)}; both are needed for a recipe")
-    unseen_in_train = sorted({c.device for c in train if c.device in UNSEEN})
+    unseen = set(data.description.device_groups.get("unseen", ()))
+    unseen_in_train = sorted({c.device for c in train if c.device in unseen})
     if unseen_in_train:
         out.append(f"devices {', '.join(unseen_in_train)} appear in train "
-                   f"(in TAU 2020 Mobile they are only in evaluate)")
+                   f"(in {data.description.title} they are only in evaluate)")
     shared = {c.location for c in train} & {c.location for c in evaluate} - {None}
     if shared:
         out.append(f"{len(shared)} recording location(s) in both train and evaluate, "
                    f"e.g. {sorted(shared)[0]}")
     bases_with_a = {c.base for c in data.clips if c.device == "a"}
-    orphans = [c for c in data.clips if c.device not in (None, "a") and c.base not in bases_with_a]
+    orphans = [c for c in data.clips if c.device not in (None, "a") and c.base is not None
+               and c.base not in bases_with_a]
     if orphans:
         out.append(f"{len(orphans)} clip(s) of devices b/c/s* without a device-a parallel, "
                    f"e.g. {orphans[0].filename}")
@@ -87,26 +89,30 @@ def describe_unopenable(problems: Sequence[tuple[str, str]], total: int) -> list
 
 
 def check_dataset(root: str | os.PathLike, audio: str = "sample", sample: int = 200, *,
-                  seed: int = 0) -> CheckReport:
-    """Read `root` with the TAU reader (DataError on broken metadata), then check files and audio.
+                  seed: int = 0, reader: str | None = None, train_subset: str | None = None) -> CheckReport:
+    """Read `root` with its reader (DataError on broken metadata), then check files and audio.
 
     Counts are those of the metadata; audio files that are missing or cannot be opened are a problem.
     Each audio file checked must be usable by `check_audio`, the verdict `asc extract` uses (readable,
-    not empty, no NaN/Inf samples, not shorter than a clip), and be 44.1 kHz mono and 10 s long (or
-    the duration a synthetic set declares). Float files are read in full for NaN/Inf; PCM only by header.
+    not empty, no NaN/Inf samples, not shorter than a clip), and have the sample rate, channel count
+    and clip length the dataset's description states (or the duration a synthetic set declares).
+    Float files are read in full for NaN/Inf; PCM only by header.
     """
     from asc.progress import progress
 
     if audio not in AUDIO_MODES:
         raise ValueError(f"audio must be one of {AUDIO_MODES}")
-    data = load_tau2020(root, check_audio=False)
+    data = load_dataset(root, reader, check_audio=False, allow_missing=True, train_subset=train_subset)
     report = CheckReport(dataset=data, audio_mode=audio)
-    unopenable = unopenable_audio(data)
-    report.problems.extend(describe_unopenable(unopenable, len(data.clips)))
+    unopenable = unopenable_audio(data) + [(name, file_problem(Path(data.root) / name) or MISSING_FILE)
+                                           for name in data.missing]
+    report.problems.extend(describe_unopenable(unopenable, len(data.clips) + len(data.missing)))
     report.warnings.extend(_structure_warnings(data))
-    seconds = EXPECTED_SECONDS
-    if data.synthetic and data.synthetic_info:
+    described = data.description
+    seconds = described.duration
+    if data.synthetic and data.synthetic_info and described.name in ("tau2020",):
         seconds = float(data.synthetic_info.get("duration_s", seconds))
+    expected_sr, channels = described.sample_rate, described.channels
     absent = {name for name, _ in unopenable}
     clips = [c for c in data.clips if c.filename not in absent]
     if audio == "sample" and len(clips) > sample:
@@ -115,7 +121,7 @@ def check_dataset(root: str | os.PathLike, audio: str = "sample", sample: int = 
         clips = []
     unusable: list[str] = []
     bad: list[str] = []
-    expected_frames = int(round(seconds * EXPECTED_SR))
+    expected_frames = None if seconds is None or expected_sr is None else int(round(seconds * expected_sr))
     for clip in progress(clips, desc="audio", unit="file"):
         path = data.path(clip)
         try:
@@ -128,14 +134,16 @@ def check_dataset(root: str | os.PathLike, audio: str = "sample", sample: int = 
             continue
         report.formats[(info.samplerate, info.channels, round(info.duration, 3), info.subtype)] += 1
         issues = []
-        if info.samplerate != EXPECTED_SR:
+        if expected_sr is not None and info.samplerate != expected_sr:
             issues.append(f"{info.samplerate} Hz")
-        if info.channels != 1:
+        if channels is not None and info.channels != channels:
             issues.append(f"{info.channels} channels")
-        if info.frames != expected_frames and info.samplerate == EXPECTED_SR:
+        if expected_frames is not None and info.frames != expected_frames and info.samplerate == expected_sr:
             issues.append(f"{info.duration:.3f} s")
         if issues:
-            bad.append(f"{path}: {', '.join(issues)} (expected {EXPECTED_SR} Hz, mono, {seconds:g} s)")
+            want = [f"{expected_sr} Hz" if expected_sr else None, "mono" if channels == 1 else
+                    (f"{channels} channels" if channels else None), f"{seconds:g} s" if seconds else None]
+            bad.append(f"{path}: {', '.join(issues)} (expected {', '.join(w for w in want if w)})")
     report.audio_checked = len(clips)
     if unusable:
         report.problems.append(f"{len(unusable)} of {len(clips)} checked audio file(s) are unusable "
@@ -160,23 +168,27 @@ def format_report(report: CheckReport) -> str:
     """Human-readable summary: dataset kind, counts per split x device and per scene, audio, problems."""
     data = report.dataset
     counts = data.counts()
-    kind = f"TAU 2020 Mobile ({data.version})"
+    described = data.description
+    kind = f"{described.title} ({data.version})"
     if data.synthetic:
         info = data.synthetic_info or {}
-        kind = (f"SYNTHETIC TAU-format set (preset {info.get('preset', '?')}, seed {info.get('seed', '?')}); "
-                f"not real recordings")
+        kind = (f"SYNTHETIC set in the layout of {described.title} (preset {info.get('preset', '?')}, seed "
+                f"{info.get('seed', '?')}); not real recordings")
+    if described.split_rule:
+        kind += f"; split: {described.split_rule}"
     sizes = ", ".join(f"{s} {len(data.split(s))}" for s in SPLITS)
     lines = [f"dataset: {Path(data.root)}", f"kind: {kind}", f"clips: {len(data.clips)} ({sizes})", ""]
-    devices = [d for d in DEVICES if any(d in c for c in counts["device"].values())]
+    devices = [d for d in described.devices if any(d in c for c in counts["device"].values())]
     if any("unknown" in c for c in counts["device"].values()):
         devices.append("unknown")
-    lines += _table(counts["device"], devices, "split / device")
-    lines.append("")
-    scenes = [s for s in SCENES if any(s in c for c in counts["scene"].values())]
+    if described.devices:
+        lines += _table(counts["device"], devices, "split / device")
+        lines.append("")
+    scenes = [s for s in described.classes if any(s in c for c in counts["scene"].values())]
     if any("unknown" in c for c in counts["scene"].values()):
         scenes.append("unknown")
     per_scene = {s: {split: counts["scene"][split].get(s, 0) for split in counts["scene"]} for s in scenes}
-    lines += _table(per_scene, list(counts["scene"]), "scene / split")
+    lines += _table(per_scene, list(counts["scene"]), "class / split")
     lines.append("")
     if report.audio_mode == "none":
         lines.append("audio: not checked (--audio none)")

@@ -9,17 +9,23 @@ import argparse
 import sys
 
 _SYNTH_TEXT = """\
-Write a synthetic acoustic-scene set in exactly the TAU Urban Acoustic Scenes 2020 Mobile
-layout: meta.csv, evaluation_setup/fold1_*.csv and audio/*.wav (mono, 44.1 kHz, 24-bit),
-plus SYNTHETIC.json, which makes every report say the data is synthetic.
+Write a synthetic acoustic-scene set, plus SYNTHETIC.json, which makes every report say the
+data is synthetic. Layouts (--layout):
+  tau2020  exactly the TAU Urban Acoustic Scenes 2020 Mobile layout: meta.csv,
+           evaluation_setup/fold1_*.csv and audio/*.wav (mono, 44.1 kHz, 24-bit)
+  tau2022  the TAU 2022 Mobile layout: each recording of --duration seconds cut into 1-s
+           segments named scene-city-location-segment-subsegment-device.wav
+  folder   a folder dataset of your own kind: five classes with names of their own
+           (subfolders), device-a recordings only, no devices and no splits
 
 10 scenes built from seeded noise, tones and events; 10 cities whose recording locations
 keep their own level, room and background; devices a, b, c, s1-s6 capture the same
 sources; s4-s6 only in evaluate; train and evaluate share no location.
 
-presets: tiny   116 clips (tests; use --duration 1-2)
-         small  1,360 clips: train a 650, b/c/s1-s3 40 each; evaluate 30 per device
-         full   23,035 clips: the counts of the real development set
+presets: tiny   116 recordings (tests; use --duration 1-2)
+         small  1,850 recordings: train a 650, b/c/s1-s3 40 each; evaluate 100 per device
+         full   23,035 recordings: the counts of the real development set
+(tau2022: one clip per second of each recording; folder: device a only)
 
 The output depends only on preset, seed and duration (not on --workers). Rerunning the
 same command resumes an interrupted build, or does nothing when it is complete."""
@@ -56,7 +62,7 @@ def _synth(args: argparse.Namespace) -> int:
     from asc.data.synth import synthesize
 
     result = synthesize(args.out, preset=args.preset, seed=args.seed, duration=args.duration,
-                        workers=args.workers, force=args.force)
+                        workers=args.workers, force=args.force, layout=args.layout)
     if result.written == 0 and result.files:
         print(f"{result.root}: synthetic set already complete ({result.files} clips, preset {args.preset}, "
               f"seed {args.seed})")
@@ -70,11 +76,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from asc.data.download import download_tau2020
-    from asc.data.tau2020 import load_tau2020
+    from asc.data.readers import load_dataset
 
-    root = download_tau2020(args.to, base_url=args.base_url, dataset=args.dataset,
-                            keep_archives=args.keep_archives)
-    data = load_tau2020(root)
+    key = args.dataset if args.reader == "tau2020" else f"{args.reader}-{args.dataset}"
+    root = download_tau2020(args.to, base_url=args.base_url, dataset=key, keep_archives=args.keep_archives)
+    data = load_dataset(root, args.reader)
     if args.dataset == "eval":
         print(f"{root}: {len(data.clips)} clips ({data.version}); test {len(data.split('test'))}")
     else:
@@ -86,7 +92,8 @@ def _download(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from asc.data.check import check_dataset, format_report
 
-    report = check_dataset(args.dir, audio=args.audio, sample=args.sample)
+    report = check_dataset(args.dir, audio=args.audio, sample=args.sample, reader=args.reader,
+                           train_subset=args.train_subset)
     print(format_report(report))
     return 0 if report.ok else 1
 
@@ -106,17 +113,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     data = subparsers.add_parser(
         "data", help="build, download or check a dataset", formatter_class=fmt,
-        description="Datasets: a synthetic TAU-format set, the real TAU Urban Acoustic Scenes 2020 Mobile "
-                    "development set, checks, and a synthetic CIFAR-100.",
+        description="Datasets: synthetic sets (TAU 2020/2022 layout, a folder per class), the real TAU Urban "
+                    "Acoustic Scenes 2020 and 2022 Mobile sets, checks, and a synthetic CIFAR-100.",
         epilog="examples:\n  asc data synth --out data/synth --preset small\n"
                "  asc data download --to data/tau2020\n  asc data check data/tau2020")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser(
-        "synth", help="write a synthetic set in the TAU 2020 Mobile layout", formatter_class=fmt,
+        "synth", help="write a synthetic set (TAU 2020 or 2022 Mobile layout, or a folder per class)",
+        formatter_class=fmt,
         description=_SYNTH_TEXT,
         epilog="example:\n  asc data synth --out data/synth --preset small --seed 0\n"
-               "  asc data synth --out /tmp/tiny --preset tiny --duration 2")
+               "  asc data synth --out /tmp/tiny --preset tiny --duration 2\n"
+               "  asc data synth --out data/synth2022 --layout tau2022 --duration 2   # 2 x 1-s clips a recording\n"
+               "  asc data synth --out data/my_sounds --layout folder --duration 3")
     p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier synthetic build")
     p.add_argument("--preset", choices=("tiny", "small", "full"), default="small",
                    help="size (default small)")
@@ -124,16 +134,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=_duration, default=10.0, help="clip length in seconds (default 10)")
     p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: CPUs, at most 8)")
     p.add_argument("--force", action="store_true", help="replace a synthetic set built with other settings")
+    p.add_argument("--layout", choices=("tau2020", "tau2022", "folder"), default="tau2020",
+                   help="folder layout (default tau2020)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(
         "download", help="download the real development (Zenodo 3819968) or evaluation (3685828) set",
         formatter_class=fmt, description=_DOWNLOAD_TEXT,
         epilog="examples:\n  asc data download --to data/tau2020\n"
-               "  asc data download --set eval --to data/tau2020-eval")
+               "  asc data download --set eval --to data/tau2020-eval\n"
+               "  asc data download --dataset tau2022 --to data/tau2022")
     p.add_argument("--to", required=True, metavar="DIR", help="dataset folder to create or complete")
     p.add_argument("--set", dest="dataset", choices=("dev", "eval"), default="dev",
                    help="dev: development set (default); eval: official evaluation set, unlabelled")
+    p.add_argument("--dataset", dest="reader", choices=("tau2020", "tau2022"), default="tau2020",
+                   help="which TAU Mobile set (default tau2020; tau2022: Zenodo 6337421 dev, 6591203 eval)")
     p.add_argument("--base-url", default=None,
                    help="where the archives are (default: the set's Zenodo record)")
     p.add_argument("--keep-archives", action="store_true", help="keep the zip files after extraction")
@@ -141,13 +156,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "check", help="validate a dataset folder and print its counts", formatter_class=fmt,
-        description="Validate a TAU 2020 Mobile-format folder: metadata (labels, splits, duplicates), audio\n"
-                    "files present (a looping or broken link is named as such), and of all or a sample of\n"
-                    "files: usable (readable, no NaN/Inf samples, not cut short: the verdict `asc extract`\n"
-                    "gives) and in the expected format (44.1 kHz, mono, 10 s).\n"
-                    "Prints counts per split x device and per scene. Exit status 1 when there are problems.",
-        epilog="example:\n  asc data check data/tau2020 --audio all")
-    p.add_argument("dir", help="dataset folder")
+        description="Validate a dataset (TAU 2020/2022 Mobile, a folder per class, a CSV): metadata (labels,\n"
+                    "splits, duplicates), audio files present (a looping or broken link is named as such),\n"
+                    "and of all or a sample of files: usable (readable, no NaN/Inf samples, not cut short:\n"
+                    "the verdict `asc extract` gives) and in the format the dataset states (TAU: 44.1 kHz,\n"
+                    "mono, 10 s or 1 s). Prints counts per split x device (when the data has devices) and\n"
+                    "per class. Exit status 1 when there are problems.",
+        epilog="examples:\n  asc data check data/tau2020 --audio all\n  asc data check my_sounds/\n"
+               "  asc data check data/tau2022 --train-subset split25.csv")
+    p.add_argument("dir", help="dataset folder or manifest CSV")
+    from asc.data.readers import READERS
+
+    p.add_argument("--dataset", dest="reader", choices=tuple(READERS), default=None,
+                   help="dataset reader (default: detected)")
+    p.add_argument("--train-subset", metavar="FILE", help="TAU 2022: a training subset, e.g. split25.csv")
     p.add_argument("--audio", choices=("all", "sample", "none"), default="sample",
                    help="which audio files to check (default sample)")
     p.add_argument("--sample", type=_positive_int, default=200, help="files checked with --audio sample")

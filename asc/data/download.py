@@ -86,6 +86,49 @@ EVALUATION_PACKAGES: tuple[Package, ...] = (
     Package(f"{EVAL_ARCHIVE_ROOT}.audio.8.zip", "4db5255382a5e5cab2d463c0d836b888", 1433443122),
 )
 
+TAU2022_DEV_RECORD = 6337421
+TAU2022_DEV_ROOT = "TAU-urban-acoustic-scenes-2022-mobile-development"
+TAU2022_EVAL_RECORD = 6591203
+TAU2022_EVAL_ROOT = "TAU-urban-acoustic-scenes-2022-mobile-evaluation"
+
+# TAU Urban Acoustic Scenes 2022 Mobile (1-s segments of the 2020 recordings). Names, md5 sums and sizes
+# as listed in DCASE-REPO/dcase_util, dcase_util/datasets/tut.py,
+# TAUUrbanAcousticScenes_2022_Mobile_{Development,Evaluation}Set.package_list; the development md5 sums
+# also agree with soundata/soundata, soundata/datasets/tau2022uas_mobile.py.
+TAU2022_DEV_PACKAGES: tuple[Package, ...] = (
+    Package(f"{TAU2022_DEV_ROOT}.doc.zip", "9c4f610bdb5d3e3e72a17d393a26452a", 16819),
+    Package(f"{TAU2022_DEV_ROOT}.meta.zip", "419b6ff6570f1030730352dc80cd8d15", 1538781),
+    Package(f"{TAU2022_DEV_ROOT}.audio.1.zip", "8be14bdbd844481dce059ab31fbd2239", 1736050960),
+    Package(f"{TAU2022_DEV_ROOT}.audio.2.zip", "e821abda49b069248bb75eab39df7575", 1791821989),
+    Package(f"{TAU2022_DEV_ROOT}.audio.3.zip", "9c7897f78bb42ca0008936daddf3f8f3", 1878561499),
+    Package(f"{TAU2022_DEV_ROOT}.audio.4.zip", "53ec3e37c0fc0be75f53c5abbc5300b8", 1887825128),
+    Package(f"{TAU2022_DEV_ROOT}.audio.5.zip", "528422c33c5d10263203d2c61cb1f3be", 1832871840),
+    Package(f"{TAU2022_DEV_ROOT}.audio.6.zip", "4759a9465c903e13e57d5e82e791fc28", 1836165296),
+    Package(f"{TAU2022_DEV_ROOT}.audio.7.zip", "6d545fc83a55a17856a9ccc1ac9aff6b", 1737838582),
+    Package(f"{TAU2022_DEV_ROOT}.audio.8.zip", "3a2916a9b5d3f43cc7a22a62b180b0d9", 1758317867),
+    Package(f"{TAU2022_DEV_ROOT}.audio.9.zip", "071f664c86639ad730f7be4e3c39d886", 1790044829),
+    Package(f"{TAU2022_DEV_ROOT}.audio.10.zip", "e0839d019e9b77ecbcbb0eff85965530", 1736836871),
+    Package(f"{TAU2022_DEV_ROOT}.audio.11.zip", "fc60f1c83726be3963ae14fbcb95eeb4", 1754618148),
+    Package(f"{TAU2022_DEV_ROOT}.audio.12.zip", "02246547f86c0a814dc63ec65d7033bb", 1748795940),
+    Package(f"{TAU2022_DEV_ROOT}.audio.13.zip", "88ae9ef884665140d1572d8061725e00", 1844234922),
+    Package(f"{TAU2022_DEV_ROOT}.audio.14.zip", "c3f400d74ae90e5190dc518cde43de47", 1854884822),
+    Package(f"{TAU2022_DEV_ROOT}.audio.15.zip", "85594c6fe4f91c10aa2a410f748103b8", 1877789093),
+    Package(f"{TAU2022_DEV_ROOT}.audio.16.zip", "6e2df8438c69f6789414aeba8cbad9d8", 435379083),
+)
+
+TAU2022_EVAL_PACKAGES: tuple[Package, ...] = (
+    Package(f"{TAU2022_EVAL_ROOT}.doc.zip", "885bcd97d13c12571348250a9e132fae", 8056),
+    Package(f"{TAU2022_EVAL_ROOT}.meta.zip", "53ff714b17293c5f973ce233db393416", 294726),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.1.zip", "740f80e5a62821f80d0d2c2660fa616c", 1684954408),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.2.zip", "4accb0bd9486c429540770ef4fdd5595", 1685855969),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.3.zip", "bf8c5c3c6d49c1517ee6e7402e1e7121", 1684186384),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.4.zip", "bb086c4225119d332e0ceea8234b4435", 1683652385),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.5.zip", "e4ab8505774526279d6231d6769c3c79", 1685227691),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.6.zip", "270f122ebe737fd2e463165a76f6abbd", 1688648060),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.7.zip", "86d975ee1b4d09b26e1b998f122189e1", 1685304723),
+    Package(f"{TAU2022_EVAL_ROOT}.audio.8.zip", "93b3c7dc8be152f9bf1edbbe8cf8d1b1", 1451063404),
+)
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -104,6 +147,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "dev": DatasetSpec("dev", ZENODO_RECORD, ARCHIVE_ROOT, DEVELOPMENT_PACKAGES),     # development set
     "eval": DatasetSpec("eval", EVAL_RECORD, EVAL_ARCHIVE_ROOT, EVALUATION_PACKAGES),  # evaluation set
+    "tau2022-dev": DatasetSpec("tau2022-dev", TAU2022_DEV_RECORD, TAU2022_DEV_ROOT, TAU2022_DEV_PACKAGES),
+    "tau2022-eval": DatasetSpec("tau2022-eval", TAU2022_EVAL_RECORD, TAU2022_EVAL_ROOT, TAU2022_EVAL_PACKAGES),
 }
 
 

@@ -864,23 +864,54 @@ def _write_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build_recording(args: tuple[int, Recording, int, str, bool]) -> int:
-    """Render and write all captures of one recording; returns the number of files written."""
-    seed, rec, n, out, skip_existing = args
-    paths = {dev: Path(out) / rec.filename(dev) for dev, _ in rec.captures}
-    if skip_existing and all(p.is_file() for p in paths.values()):
+LAYOUTS = ("tau2020", "tau2022", "folder")
+SEGMENT_SECONDS = 1  # tau2022: clips of one second
+# folder layout: five of the scenes under names of their own, to show (and test) a dataset whose classes
+# are not TAU's
+FOLDER_CLASSES: dict[str, str] = {"airport": "departure_hall", "park": "green_space",
+                                  "street_traffic": "busy_road", "metro": "underground_train",
+                                  "shopping_mall": "indoor_market"}
+
+
+def layout_files(rec: Recording, layout: str, n: int) -> list[tuple[str, str, str, int, int]]:
+    """(device, split, file, first sample, end sample) of every file a recording gives in `layout`."""
+    if layout == "tau2020":
+        return [(dev, split, rec.filename(dev), 0, n) for dev, split in rec.captures]
+    if layout == "tau2022":
+        step = SEGMENT_SECONDS * SR
+        return [(dev, split, f"audio/{rec.base}-{i}-{dev}.wav", i * step, (i + 1) * step)
+                for dev, split in rec.captures for i in range(n // step)]
+    if layout == "folder":
+        label = FOLDER_CLASSES.get(rec.scene)
+        return [] if label is None or not any(d == "a" for d, _ in rec.captures) else \
+            [("a", "", f"{label}/{rec.location}-{rec.segment}.wav", 0, n)]
+    raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def build_recording(args: tuple) -> int:
+    """Render and write all files of one recording; returns the number of files written."""
+    seed, rec, n, out, skip_existing, *rest = args
+    layout = rest[0] if rest else "tau2020"
+    files = layout_files(rec, layout, n)
+    if not files or (skip_existing and all((Path(out) / f).is_file() for _, _, f, _, _ in files)):
         return 0
     source = render_source(seed, rec, n)
-    for dev, path in paths.items():
-        _write_file(path, _wav_bytes(render_device(seed, rec, dev, source, n)))
-    return len(paths)
+    rendered: dict[str, np.ndarray] = {}
+    for dev, _, rel, start, end in files:
+        if dev not in rendered:
+            rendered[dev] = render_device(seed, rec, dev, source, n)
+        path = Path(out) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(path, _wav_bytes(rendered[dev][start:end]))
+    return len(files)
 
 
-def _tables(recordings: list[Recording]) -> dict[str, str]:
+def _tables(recordings: list[Recording], layout: str = "tau2020", n: int = 0) -> dict[str, str]:
+    if layout == "folder":
+        return {}
     meta, folds = ["filename\tscene_label\tidentifier\tsource_label"], {s: [] for s in FOLD_FILES}
     for rec in recordings:
-        for dev, split in rec.captures:
-            name = rec.filename(dev)
+        for dev, split, name, _, _ in layout_files(rec, layout, n):
             meta.append(f"{name}\t{rec.scene}\t{rec.location}\t{dev}")
             if split in ("train", "evaluate"):
                 folds[split].append(f"{name}\t{rec.scene}")
@@ -894,10 +925,15 @@ def _tables(recordings: list[Recording]) -> dict[str, str]:
     }
 
 
-def _counts(recordings: list[Recording]) -> dict[str, dict[str, int]]:
+def _counts(recordings: list[Recording], layout: str = "tau2020", n: int = 0) -> dict[str, dict[str, int]]:
     c: dict[str, Counter] = {}
+    if layout == "folder":
+        for rec in recordings:
+            for _, _, rel, _, _ in layout_files(rec, layout, n):
+                c.setdefault("files", Counter())[rel.split("/")[0]] += 1
+        return {s: dict(sorted(v.items())) for s, v in c.items()}
     for rec in recordings:
-        for dev, split in rec.captures:
+        for dev, split, _, _, _ in layout_files(rec, layout, n):
             c.setdefault(split, Counter())[dev] += 1
     return {s: {d: c[s][d] for d in DEVICES if c[s][d]} for s in ("train", "evaluate", "unused") if s in c}
 
@@ -911,9 +947,14 @@ class SynthResult:
     counts: dict[str, dict[str, int]]
 
 
-def _params(preset: str, seed: int, duration: float) -> dict:
-    return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "preset": preset, "seed": seed,
-            "duration_s": duration, "sample_rate": SR, "subtype": "PCM_24", "channels": 1}
+def _params(preset: str, seed: int, duration: float, layout: str = "tau2020") -> dict:
+    out = {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "preset": preset, "seed": seed,
+           "duration_s": duration, "sample_rate": SR, "subtype": "PCM_24", "channels": 1}
+    if layout != "tau2020":  # sets built before layouts existed are tau2020 and stay "the same settings"
+        out["layout"] = layout
+        if layout == "tau2022":
+            out["clip_s"] = SEGMENT_SECONDS
+    return out
 
 
 def _default_workers() -> int:
@@ -924,8 +965,9 @@ def _default_workers() -> int:
 
 
 def synthesize(out: str | os.PathLike, preset: str = "small", seed: int = 0, duration: float = 10.0,
-               workers: int | None = None, force: bool = False) -> SynthResult:
-    """Write a synthetic TAU 2020 Mobile set to `out`; resumes an interrupted build with the same settings.
+               workers: int | None = None, force: bool = False, layout: str = "tau2020") -> SynthResult:
+    """Write a synthetic set to `out` in `layout` (LAYOUTS: TAU 2020 Mobile, TAU 2022 Mobile's 1-s
+    segments, or a folder per class); resumes an interrupted build with the same settings.
 
     A folder that holds anything else is left alone (DataError), except a synthetic set built with
     other settings when `force` is given.
@@ -936,13 +978,19 @@ def synthesize(out: str | os.PathLike, preset: str = "small", seed: int = 0, dur
         raise DataError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if not (0.1 <= duration <= 60):
         raise DataError(f"--duration {duration}: choose between 0.1 and 60 seconds")
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "tau2022" and (duration < SEGMENT_SECONDS or duration != int(duration)):
+        raise DataError(f"--duration {duration}: the tau2022 layout cuts recordings into 1-s clips; give a whole "
+                        "number of seconds")
     started = time.perf_counter()
     out = Path(out)
-    params = _params(preset, int(seed), float(duration))
+    params = _params(preset, int(seed), float(duration), layout)
     marker, pending = out / SYNTHETIC_MARKER, out / _PROGRESS_FILE
     recordings = plan_recordings(preset, int(seed))
-    counts = _counts(recordings)
-    total = sum(len(r.captures) for r in recordings)
+    n = int(round(duration * SR))
+    counts = _counts(recordings, layout, n)
+    total = sum(len(layout_files(r, layout, n)) for r in recordings)
 
     def same(path: Path) -> bool:
         try:
@@ -962,13 +1010,16 @@ def synthesize(out: str | os.PathLike, preset: str = "small", seed: int = 0, dur
             raise DataError(f"{out}: holds a synthetic set built with other settings; pass --force to "
                             f"replace it or choose another folder")
         shutil.rmtree(out / "audio", ignore_errors=True)
+        for folder in FOLDER_CLASSES.values():
+            shutil.rmtree(out / folder, ignore_errors=True)
         for rel in (SYNTHETIC_MARKER, META_FILE, *FOLD_FILES.values()):
             (out / rel).unlink(missing_ok=True)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if layout != "folder":
+        (out / "audio").mkdir(parents=True, exist_ok=True)
     atomic_write_json(pending, params)
 
-    n = int(round(duration * SR))
-    jobs = [(int(seed), rec, n, str(out), resume) for rec in recordings]
+    jobs = [(int(seed), rec, n, str(out), resume, layout) for rec in recordings]
     written = 0
     workers = _default_workers() if workers is None else max(1, int(workers))
     bar = progress(total=total, desc="synth", unit="clip")
@@ -976,21 +1027,21 @@ def synthesize(out: str | os.PathLike, preset: str = "small", seed: int = 0, dur
         if workers == 1:
             for job in jobs:
                 written += build_recording(job)
-                bar.update(len(job[1].captures))
+                bar.update(len(layout_files(job[1], layout, n)))
         else:
             import multiprocessing as mp
 
             with mp.get_context("spawn").Pool(workers) as pool:
                 for job, k in zip(jobs, pool.imap(build_recording, jobs, chunksize=8)):
                     written += k
-                    bar.update(len(job[1].captures))
+                    bar.update(len(layout_files(job[1], layout, n)))
     finally:
         bar.close()
-    for rel, text in _tables(recordings).items():
+    for rel, text in _tables(recordings, layout, n).items():
         atomic_write_text(out / rel, text)
     info = {**params, "counts": counts, "files": total,
-            "note": "Synthetic data generated by asc.data.synth; not recordings from TAU Urban Acoustic "
-                    "Scenes 2020 Mobile. Results on it say nothing about real-world accuracy."}
+            "note": "Synthetic data generated by asc.data.synth; not real recordings. Results on it say nothing "
+                    "about real-world accuracy."}
     atomic_write_json(marker, info)
     pending.unlink()
     return SynthResult(out, total, written, time.perf_counter() - started, counts)

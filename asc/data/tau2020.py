@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from asc.data.clips import SPLITS, AudioDataset, Clip
+from asc.data.description import DatasetDescription
 from asc.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,6 @@ DEVICES: tuple[str, ...] = REAL_DEVICES + SEEN_SIMULATED + UNSEEN
 DEVICE_GROUPS: dict[str, tuple[str, ...]] = {
     "real": REAL_DEVICES, "seen_simulated": SEEN_SIMULATED, "unseen": UNSEEN,
 }
-SPLITS: tuple[str, ...] = ("train", "evaluate", "test", "unused")
 
 META_FILE = "meta.csv"
 SETUP_DIR = "evaluation_setup"
@@ -50,34 +51,17 @@ _SCENE_INDEX = {s: i for i, s in enumerate(SCENES)}
 _DEVICE_INDEX = {d: i for i, d in enumerate(DEVICES)}
 
 
-@dataclass(frozen=True)
-class Clip:
-    """One audio file of the set. Label fields are None where unknown (e.g. the evaluation set)."""
+TITLE = "TAU Urban Acoustic Scenes 2020 Mobile"
+TauDataset = AudioDataset  # the name of earlier versions
 
-    filename: str                 # relative to the dataset root, as in the CSVs: "audio/x.wav"
-    scene: str | None
-    city: str | None
-    location: str | None          # "city-location", e.g. "lisbon-1000" (meta.csv `identifier`)
-    segment: str | None
-    device: str | None
-    split: str                    # train / evaluate / test / unused
 
-    @property
-    def id(self) -> str:
-        """The file name without folder and extension, e.g. "airport-lisbon-1000-40000-a"."""
-        return PurePosixPath(self.filename).stem
-
-    @property
-    def base(self) -> str | None:
-        """The recording shared by parallel clips of all devices: "scene-city-location-segment"."""
-        if None in (self.scene, self.location, self.segment):
-            return None
-        return f"{self.scene}-{self.location}-{self.segment}"
-
-    @property
-    def label(self) -> int:
-        """Index of the scene in SCENES, -1 if unknown."""
-        return _SCENE_INDEX.get(self.scene, -1) if self.scene is not None else -1
+def describe_tau2020(*, root: str = "", synthetic: bool = False, version: str = "unknown",
+                     title: str = TITLE, name: str = "tau2020", duration: float = 10.0) -> DatasetDescription:
+    """The description of a TAU Urban Acoustic Scenes Mobile folder (2020; 2022 with its own title)."""
+    return DatasetDescription(name=name, title=title, classes=SCENES, devices=DEVICES,
+                              device_groups=dict(DEVICE_GROUPS), duration=duration, sample_rate=44100, channels=1,
+                              splits=("train", "evaluate", "test"), synthetic=synthetic, root=root,
+                              version=version)
 
 
 def parse_clip_name(filename: str) -> dict[str, str] | None:
@@ -89,47 +73,6 @@ def parse_clip_name(filename: str) -> dict[str, str] | None:
     if not (city and loc and segment):
         return None
     return {"scene": scene, "city": city, "location": f"{city}-{loc}", "segment": segment, "device": device}
-
-
-@dataclass
-class TauDataset:
-    """Clips of one dataset folder with their split; `.missing` lists audio dropped as absent."""
-
-    root: Path
-    clips: list[Clip]
-    version: str = "unknown"
-    missing: list[str] = field(default_factory=list)
-    synthetic: bool = False
-    synthetic_info: dict | None = None
-
-    def split(self, name: str) -> list[Clip]:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
-        return [c for c in self.clips if c.split == name]
-
-    def path(self, clip: Clip) -> Path:
-        return self.root / clip.filename
-
-    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
-        """{"device": {split: {device: n}}, "scene": {split: {scene: n}}}; None labels count as "unknown"."""
-        by_device: dict[str, Counter] = {}
-        by_scene: dict[str, Counter] = {}
-        for c in self.clips:
-            by_device.setdefault(c.split, Counter())[c.device or "unknown"] += 1
-            by_scene.setdefault(c.split, Counter())[c.scene or "unknown"] += 1
-
-        def ordered(counter: Counter, names: tuple[str, ...]) -> dict[str, int]:
-            keys = [k for k in names if k in counter] + sorted(k for k in counter if k not in names)
-            return {k: counter[k] for k in keys}
-
-        splits = [s for s in SPLITS if s in by_device]
-        return {
-            "device": {s: ordered(by_device[s], DEVICES) for s in splits},
-            "scene": {s: ordered(by_scene[s], SCENES) for s in splits},
-        }
-
-    def __len__(self) -> int:
-        return len(self.clips)
 
 
 # ---------------------------------------------------------------- CSV reading
@@ -199,7 +142,8 @@ def _check_device(path: Path, row: _Row, device: str) -> str:
     return device
 
 
-def _read_meta(path: Path) -> dict[str, tuple[int, dict[str, str | None]]]:
+def _read_meta(path: Path, parse: Callable[[str], dict | None] = parse_clip_name
+               ) -> dict[str, tuple[int, dict[str, str | None]]]:
     """filename -> (line, fields) from meta.csv, fields checked against each other and the name."""
     rows = _read_table(path, ("filename", "scene_label", "identifier", "source_label"), ("filename",))
     meta: dict[str, tuple[int, dict[str, str | None]]] = {}
@@ -207,7 +151,7 @@ def _read_meta(path: Path) -> dict[str, tuple[int, dict[str, str | None]]]:
         name = _check_filename(path, row)
         if name in meta:
             raise DataError(f"{path}:{row.line}: duplicate row for {name} (first at line {meta[name][0]})")
-        parsed = parse_clip_name(name)
+        parsed = parse(name)
         fields: dict[str, str | None] = dict(parsed) if parsed else dict.fromkeys(
             ("scene", "city", "location", "segment", "device"))
         scene = row.values.get("scene_label")
@@ -232,7 +176,7 @@ def _read_meta(path: Path) -> dict[str, tuple[int, dict[str, str | None]]]:
 
 
 def _read_fold(path: Path, split: str) -> list[tuple[_Row, str]]:
-    required = ("filename",) if split == "test" else ("filename", "scene_label")
+    required = ("filename",) if split in ("test", "subset") else ("filename", "scene_label")
     rows = _read_table(path, ("filename", "scene_label"), required)
     seen: dict[str, int] = {}
     out = []
@@ -251,12 +195,27 @@ def _read_fold(path: Path, split: str) -> list[tuple[_Row, str]]:
 # ---------------------------------------------------------------- loading
 
 
-def _detect_version(splits: dict[str, list[str]], synthetic: bool) -> str:
+@dataclass(frozen=True)
+class TauLayout:
+    """What tells the TAU Mobile sets apart: the clip name, the clip length, the known versions."""
+
+    name: str
+    title: str
+    parse: Callable[[str], dict | None]
+    duration: float
+    versions: dict[tuple[int, int], str]
+
+
+TAU2020 = TauLayout("tau2020", TITLE, parse_clip_name, 10.0, KNOWN_VERSIONS)
+
+
+def _detect_version(splits: dict[str, list[str]], synthetic: bool,
+                    versions: dict[tuple[int, int], str] = KNOWN_VERSIONS) -> str:
     if synthetic:
         return "synthetic"
     n_train, n_eval = len(splits.get("train", [])), len(splits.get("evaluate", []))
-    if (n_train, n_eval) in KNOWN_VERSIONS:
-        return KNOWN_VERSIONS[(n_train, n_eval)]
+    if (n_train, n_eval) in versions:
+        return versions[(n_train, n_eval)]
     if not n_train and not n_eval and splits.get("test"):
         return "eval"
     return "unknown"
@@ -288,24 +247,32 @@ def _existing(root: Path, names: list[str]) -> set[str]:
 
 
 def load_tau2020(root: str | os.PathLike, *, allow_missing: bool = False,
-                 check_audio: bool = True) -> TauDataset:
-    """Read a TAU 2020 Mobile folder into a TauDataset.
+                 check_audio: bool = True) -> AudioDataset:
+    """Read a TAU 2020 Mobile folder (see `load_tau_layout`)."""
+    return load_tau_layout(root, TAU2020, allow_missing=allow_missing, check_audio=check_audio)
+
+
+def load_tau_layout(root: str | os.PathLike, layout: TauLayout, *, allow_missing: bool = False,
+                    check_audio: bool = True, train_subset: str | os.PathLike | None = None) -> AudioDataset:
+    """Read a TAU Mobile folder (2020 or 2022 layout) into an AudioDataset.
 
     Splits: fold1_train -> train; fold1_evaluate -> evaluate (fold1_test repeats it in the development
     set); in fold1_test only -> test; in meta.csv but no fold -> unused. Without meta.csv, labels come
     from the file names; anonymous names (the evaluation set) load with unknown labels.
     Missing audio raises a DataError unless `allow_missing` (then they are dropped and listed in
-    `.missing`); `check_audio=False` skips the check for metadata-only use.
+    `.missing`); `check_audio=False` skips the check for metadata-only use. `train_subset` names a
+    file of training clips (the DCASE 2024 `split5.csv` ... `split100.csv`): the other training clips
+    become unused.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder; build one with `asc data synth --out {root}` "
                         f"or fetch the real set with `asc data download --to {root}`")
     meta_path = root / META_FILE
-    meta = _read_meta(meta_path) if meta_path.is_file() else None
+    meta = _read_meta(meta_path, layout.parse) if meta_path.is_file() else None
     folds = {split: root / rel for split, rel in FOLD_FILES.items() if (root / rel).is_file()}
     if not folds:
-        raise DataError(f"{root}: not a TAU 2020 Mobile folder: no {SETUP_DIR}/fold1_train.csv, "
+        raise DataError(f"{root}: not a {layout.title} folder: no {SETUP_DIR}/fold1_train.csv, "
                         f"fold1_evaluate.csv or fold1_test.csv")
 
     split_of: dict[str, str] = {}
@@ -322,7 +289,7 @@ def load_tau2020(root: str | os.PathLike, *, allow_missing: bool = False,
                     raise DataError(f"{path}:{row.line}: {name} is not listed in {meta_path}")
                 fields = meta[name][1]
             else:
-                fields = fields_of.get(name) or parse_clip_name(name) or dict.fromkeys(
+                fields = fields_of.get(name) or layout.parse(name) or dict.fromkeys(
                     ("scene", "city", "location", "segment", "device"))
             scene = row.values.get("scene_label")
             if scene and fields["scene"] is not None and scene != fields["scene"]:
@@ -344,6 +311,9 @@ def load_tau2020(root: str | os.PathLike, *, allow_missing: bool = False,
             if name not in split_of:
                 split_of[name], fields_of[name] = "unused", fields
                 order["unused"].append(name)
+
+    if train_subset is not None:
+        _apply_train_subset(Path(train_subset), split_of, order)
 
     names = [n for s in SPLITS for n in order[s]]
     missing: list[str] = []
@@ -372,6 +342,28 @@ def load_tau2020(root: str | os.PathLike, *, allow_missing: bool = False,
             info = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
-    version = _detect_version(order, synthetic)
-    return TauDataset(root=root, clips=clips, version=version, missing=missing, synthetic=synthetic,
-                      synthetic_info=info)
+    version = _detect_version(order, synthetic, layout.versions)
+    if train_subset is not None:
+        version = f"{version}, training subset {Path(train_subset).name}"
+    description = describe_tau2020(root=str(root), synthetic=synthetic, version=version, title=layout.title,
+                                   name=layout.name, duration=layout.duration)
+    return AudioDataset(root=root, clips=clips, description=description, missing=missing,
+                        synthetic_info=info)
+
+
+def _apply_train_subset(path: Path, split_of: dict[str, str], order: dict[str, list[str]]) -> None:
+    """Keep only the training clips `path` lists; the rest of train becomes unused."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such training-subset file (e.g. split25.csv of the DCASE 2024 task)")
+    keep: set[str] = set()
+    for row, name in _read_fold(path, "subset"):
+        if split_of.get(name) != "train":
+            where = split_of.get(name)
+            raise DataError(f"{path}:{row.line}: {name} is not a training clip of the dataset"
+                            f"{f' (it is in {where})' if where else ''}; a training subset lists train clips only")
+        keep.add(name)
+    dropped = [n for n in order["train"] if n not in keep]
+    order["train"] = [n for n in order["train"] if n in keep]
+    order["unused"].extend(dropped)
+    for name in dropped:
+        split_of[name] = "unused"

@@ -31,12 +31,13 @@ import numpy as np
 
 from asc.errors import DataError
 from asc.features import shards
-from asc.features.logmel import feature_hash, load_feature_config, resolve_feature_config
+from asc.features.logmel import bind_duration, feature_hash, load_feature_config, resolve_feature_config
 from asc.features.shards import SHARD_PREFIX, BadShard
 from asc.fileio import atomic_write_json
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+SOURCE_FILE = "source.json"
 PARTS_DIR = "parts"
 _REQUIRED = {"clips": list, "shards": list, "shape": list, "dtype": str, "feature_config": dict,
              "dataset": dict, "config_hash": str}
@@ -46,9 +47,11 @@ _REQUIRED = {"clips": list, "shards": list, "shape": list, "dtype": str, "featur
 
 
 def cache_path(cache_root: str | os.PathLike, feature_config: str | os.PathLike | Mapping,
-               name: str | None = None) -> Path:
+               name: str | None = None, *, duration: float | None = None) -> Path:
     """The folder holding the features of `feature_config` (a YAML path or a config mapping):
-    `cache_root/<stem>-<hash12>`, stem = the YAML's file stem (or `name`, default "features")."""
+    `cache_root/<stem>-<hash12>` of the config with its clip length bound (stem = the YAML's file
+    stem, or `name`, default "features"). A config whose duration is the dataset's (null), with no
+    `duration` given, is looked up among the caches extracted from it (`find_cache`)."""
     if isinstance(feature_config, Mapping):
         cfg = resolve_feature_config(feature_config, name or "feature config")
         stem = name or "features"
@@ -56,7 +59,58 @@ def cache_path(cache_root: str | os.PathLike, feature_config: str | os.PathLike 
         path = Path(feature_config)
         cfg = load_feature_config(path)
         stem = name or path.stem
+    if cfg["duration"] is None and duration is not None:
+        cfg = bind_duration(cfg, duration)
+    if cfg["duration"] is None:
+        return find_cache(cache_root, cfg, stem)
     return Path(cache_root) / f"{stem}-{feature_hash(cfg)}"
+
+
+def write_source(cache_dir: Path, requested: Mapping, dataset: Mapping) -> None:
+    """Record what a cache was extracted from (the config as written, the dataset), refusing a folder
+    that already holds another dataset's features: one cache folder never mixes two datasets."""
+    path = cache_dir / SOURCE_FILE
+    entry = {"requested_hash": feature_hash(requested), "duration": requested.get("duration"),
+             "dataset": dict(dataset)}
+    old = _read_source(cache_dir)
+    if old is not None:
+        before, now = old.get("dataset") or {}, entry["dataset"]
+        if before.get("root") and (before.get("root"), before.get("name")) != (now.get("root"), now.get("name")):
+            raise DataError(f"{cache_dir}: holds the features of another dataset ({before.get('name')} at "
+                            f"{before.get('root')}); extract {now.get('root')} into another --out, or remove "
+                            "this folder first")
+        if old == entry:
+            return
+    atomic_write_json(path, entry)
+
+
+def _read_source(cache_dir: Path) -> dict | None:
+    try:
+        data = json.loads((cache_dir / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_cache(cache_root: str | os.PathLike, cfg: Mapping, stem: str) -> Path:
+    """The one cache under `cache_root` extracted with the config `cfg` as written (clip length from
+    the dataset); DataError naming the choices when there are none or several (several datasets)."""
+    root = Path(cache_root)
+    want = feature_hash(cfg)
+    found = []
+    for folder in sorted(root.glob(f"{stem}-*")) if root.is_dir() else []:
+        source = _read_source(folder)
+        if source is not None and source.get("requested_hash") == want and (folder / MANIFEST).is_file():
+            found.append((folder, source))
+    if len(found) == 1:
+        return found[0][0]
+    if not found:
+        raise DataError(f"{root}: no feature cache of {stem} (clip length: the dataset's); run `asc extract "
+                        f"--data DATA --features {stem}.yaml --out {root}` first")
+    choices = "; ".join(f"{f} ({(s.get('dataset') or {}).get('name')} at {(s.get('dataset') or {}).get('root')})"
+                        for f, s in found)
+    raise DataError(f"{root}: {len(found)} caches of {stem}, of different datasets: {choices}; choose one with "
+                    "--set data.cache_dir=DIR, or keep each dataset's caches under its own root")
 
 
 def repair_hint(manifest: Any = None) -> str:

@@ -1,4 +1,5 @@
-"""`asc extract`: audio of a TAU-format folder -> cached log-mel shards for training.
+"""`asc extract`: audio of a dataset (TAU 2020/2022 Mobile, a folder per class, a CSV) -> cached
+log-mel shards for training.
 
 Only argparse at top level; the work is imported when the command runs.
 """
@@ -13,6 +14,10 @@ examples:
   asc extract --data data/tau2020 --features features/logmel128_deltas.yaml --out cache
   asc extract --data data/synth --features features/logmel128_deltas.yaml --out cache \\
       --splits train,evaluate --workers 4 --skip-bad
+  asc extract --data data/tau2022 --train-subset split25.csv --features features/logmel128_deltas.yaml \\
+      --out cache/tau2022                     # 1-s clips: the config's `duration: null` takes the data's
+  asc extract --data my_sounds/ --features features/logmel128_deltas.yaml --out cache/my_sounds
+  asc extract --data my_list.csv --features features/logmel128_deltas.yaml --out cache/my_list
   # re-hash every shard of a cache against the checksums written with it:
   asc extract --features features/logmel128_deltas.yaml --out cache --verify
   # two machines, same dataset; then bring the parts into one folder and merge:
@@ -20,7 +25,9 @@ examples:
   asc extract --data D --features F --out cache --num-shards 2 --shard-index 1   # machine 2
   asc extract --features F --out cache --merge
 
-The cache folder is CACHE/<config-stem>-<hash12>/; re-running with the same config and audio does
+The reader is detected from --data (or named with --dataset); the dataset's description (classes,
+devices, clip length, synthetic or not) goes into the manifest, and every later stage reads it from
+there. The cache folder is CACHE/<config-stem>-<hash12>/; one folder holds one dataset. Re-running with the same config and audio does
 nothing, changed or new audio files are extracted incrementally, and an interrupted or failed run
 (a full disk) resumes. A shard that is cut short or does not match its sidecar is rebuilt by a plain
 re-run; --verify also re-hashes every shard (without --data it only reports, exit status 2 if any is
@@ -38,12 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "extract",
         help="extract log-mel features into a cache of shards",
-        description="Extract features (log-mel, deltas) of every clip of a TAU-format dataset into "
+        description="Extract features (log-mel, deltas) of every clip of a dataset into "
                     "fixed-size shards with a manifest, keyed by the feature config's hash.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", metavar="DIR", help="dataset folder (TAU 2020 Mobile layout)")
+    p.add_argument("--data", metavar="DIR", help="dataset folder (TAU 2020/2022 Mobile layout, a folder per "
+                   "class) or manifest CSV")
+    from asc.data.readers import READERS
+
+    p.add_argument("--dataset", choices=tuple(READERS), metavar="NAME",
+                   help=f"dataset reader: {', '.join(READERS)} (default: detected from --data)")
+    p.add_argument("--train-subset", metavar="FILE",
+                   help="TAU 2022: train on the clips this file lists (e.g. split25.csv); the rest of train "
+                        "is unused")
     p.add_argument("--features", metavar="YAML", required=True,
                    help="feature config, e.g. features/logmel128_deltas.yaml")
     p.add_argument("--out", metavar="CACHE", default="cache", help="cache root (default: cache)")
@@ -102,11 +117,15 @@ def _repair_command(args: argparse.Namespace) -> str:
     import shlex
     from pathlib import Path
 
-    argv = ["asc", "extract", "--data", str(Path(args.data).resolve()),
+    argv = ["asc", "extract", "--data", str(Path(args.data).resolve()), *(["--dataset", args.dataset]
+                                                                         if args.dataset else []),
             "--features", str(Path(args.features).resolve()), "--out", str(Path(args.out).resolve())]
     for item in args.overrides:
         argv += ["--set", item]
-    chosen = (("--dtype", args.dtype), ("--shard-size", args.shard_size), ("--splits", args.splits))
+    subset = str(Path(args.train_subset).resolve()) if args.train_subset and Path(args.train_subset).is_file() \
+        else args.train_subset
+    chosen = (("--dtype", args.dtype), ("--shard-size", args.shard_size), ("--splits", args.splits),
+              ("--train-subset", subset))
     for flag, value in chosen:
         if value is not None:
             argv += [flag, str(value)]
@@ -162,7 +181,10 @@ def run_extract(args: argparse.Namespace) -> int:
         raise AscError(f"--shard-index {args.shard_index} must be in 0..{args.num_shards - 1} "
                        f"(--num-shards {args.num_shards})")
     cfg, stem = _resolve_config(args)
-    cache_dir = Path(args.out) / f"{stem}-{feature_hash(cfg)}"
+    if not args.data:  # --merge, --verify: the cache that config names (looked up if it takes the length from data)
+        from asc.features.cache import cache_path
+
+        cache_dir = cache_path(args.out, cfg, stem)
 
     if args.merge:
         manifest = merge_parts(cache_dir)
@@ -181,7 +203,10 @@ def run_extract(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise AscError("--device cuda: no CUDA device is available here; use --device cpu")
 
-    from asc.data.tau2020 import SPLITS, load_tau2020
+    from asc.data.clips import SPLITS
+    from asc.data.readers import load_dataset
+    from asc.features.cache import write_source
+    from asc.features.logmel import bind_duration
 
     splits = None
     if args.splits:
@@ -189,17 +214,23 @@ def run_extract(args: argparse.Namespace) -> int:
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
             raise AscError(f"--splits: unknown split {unknown[0]!r}; expected some of {', '.join(SPLITS)}")
-    dataset = load_tau2020(args.data, check_audio=False)
+    dataset = load_dataset(args.data, args.dataset, check_audio=False, train_subset=args.train_subset)
+    described = dataset.description
+    requested = cfg
+    cfg = bind_duration(cfg, described.duration, args.features, f"{described.display_name} at {args.data}")
+    cache_dir = Path(args.out) / f"{stem}-{feature_hash(cfg)}"
     clips = clips_from_dataset(dataset, splits)
     if not clips:
         raise DataError(f"{args.data}: no clips{' in splits ' + ','.join(splits) if splits else ''}")
     if not args.skip_bad:  # with --skip-bad they end up in the manifest's `skipped`
         _require_audio_files(dataset, clips)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    write_source(cache_dir, requested, {"name": described.name, "root": str(Path(args.data).resolve())})
     result = extract(clips, cfg, cache_dir, name=stem, dataset_root=str(Path(args.data).resolve()),
                      synthetic=dataset.synthetic, workers=args.workers, device=args.device,
                      skip_bad=args.skip_bad, pad_short=args.pad_short, verify=args.verify,
                      num_shards=args.num_shards, shard_index=args.shard_index, batch_size=args.batch_size,
-                     command=_repair_command(args))
+                     command=_repair_command(args), description=described.to_dict())
     if result.complete:
         manifest = read_manifest(cache_dir)
         shards = len(manifest["shards"])

@@ -133,7 +133,8 @@ def library_versions() -> dict:
 
 
 def draft_manifest(cfg: Mapping, name: str, shards_: Sequence[Shard], *, dataset_root: str,
-                   synthetic: bool, pad_short: bool = False, command: str | None = None) -> dict:
+                   synthetic: bool, pad_short: bool = False, command: str | None = None,
+                   description: Mapping | None = None) -> dict:
     """Everything of the manifest that the plan decides (all clips, before skips are known)."""
     shape = list(feature_shape(cfg))
     rows, sources = [], {}
@@ -154,7 +155,9 @@ def draft_manifest(cfg: Mapping, name: str, shards_: Sequence[Shard], *, dataset
         "pad_short": bool(pad_short),
         "command": command,
         "versions": library_versions(),
-        "dataset": {"root": str(dataset_root), "synthetic": bool(synthetic)},
+        "dataset": {"root": str(dataset_root), "synthetic": bool(synthetic),
+                    **({"name": description.get("name"), "description": dict(description)}
+                       if description is not None else {})},
         "shards": [{"file": f"{s.name}.npy", "count": len(s.clips)} for s in shards_],
         "clips": rows,
         "sources": sources,
@@ -312,7 +315,7 @@ def extract(clips: Sequence[SourceClip], cfg: Mapping, cache_dir: str | os.PathL
             dataset_root: str, synthetic: bool = False, workers: int = 1, device: str = "cpu",
             skip_bad: bool = False, pad_short: bool = False, verify: bool = False, num_shards: int = 1,
             shard_index: int = 0, batch_size: int = 16, compute_in: str = "auto", command: str | None = None,
-            log: Callable[[str], None] = print) -> ExtractResult:
+            description: Mapping | None = None, log: Callable[[str], None] = print) -> ExtractResult:
     """Bring `cache_dir` up to date with `clips` under the resolved feature config `cfg`.
 
     Only this part's shards (index % num_shards == shard_index) are written; a shard already there is
@@ -331,7 +334,7 @@ def extract(clips: Sequence[SourceClip], cfg: Mapping, cache_dir: str | os.PathL
         return _extract(clips, cfg, cache_dir, name=name, dataset_root=dataset_root, synthetic=synthetic,
                         workers=workers, device=device, skip_bad=skip_bad, pad_short=pad_short, verify=verify,
                         num_shards=num_shards, shard_index=shard_index, batch_size=batch_size,
-                        compute_in=compute_in, command=command, log=log)
+                        compute_in=compute_in, command=command, description=description, log=log)
     except OSError as exc:
         raise write_error(exc, cache_dir) from None
 
@@ -339,7 +342,7 @@ def extract(clips: Sequence[SourceClip], cfg: Mapping, cache_dir: str | os.PathL
 def _extract(clips: Sequence[SourceClip], cfg: dict, cache_dir: Path, *, name: str, dataset_root: str,
              synthetic: bool, workers: int, device: str, skip_bad: bool, pad_short: bool, verify: bool,
              num_shards: int, shard_index: int, batch_size: int, compute_in: str, command: str | None,
-             log: Callable[[str], None]) -> ExtractResult:
+             description: Mapping | None, log: Callable[[str], None]) -> ExtractResult:
     from asc.features.compute import Computer
     from asc.progress import progress
 
@@ -348,7 +351,7 @@ def _extract(clips: Sequence[SourceClip], cfg: dict, cache_dir: Path, *, name: s
     cfg_hash = feature_hash(cfg)
     plan = plan_shards(clips, cfg_hash, dtype, shape, shard_size, pad_short)
     draft = draft_manifest(cfg, name, plan, dataset_root=dataset_root, synthetic=synthetic,
-                           pad_short=pad_short, command=command)
+                           pad_short=pad_short, command=command, description=description)
     trust = _Trust(cache_dir, cfg_hash, dtype, shape, deep=verify)
     mine = [s for s in plan if s.index % num_shards == shard_index]
     todo, rebuilt = [], []

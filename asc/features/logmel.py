@@ -27,8 +27,9 @@ from asc.errors import ConfigError
 
 FEATURE_SCHEMA: dict = {
     "sample_rate": Field(int, 44100, min=1, help="audio is resampled to this rate (Hz)"),
-    "duration": Field(float, 10.0, min=0.0, min_exclusive=True,
-                      help="seconds per clip; longer clips are cut, shorter ones zero-padded"),
+    "duration": Field(float, None, nullable=True, min=0.0, min_exclusive=True,
+                      help="seconds per clip; null: the dataset's clip length (set when features are "
+                           "extracted); longer clips are cut"),
     "n_fft": Field(int, 2048, min=2),
     "win_length": Field(int, None, min=1, nullable=True, help="null: n_fft"),
     "hop_length": Field(int, 1024, min=1),
@@ -87,6 +88,8 @@ def resolve_feature_config(raw: Mapping, source: str = "feature config") -> dict
         raise ConfigError(f"{source}: n_mels: {cfg['n_mels']} leaves {len(empty)} mel band(s) without any "
                           f"FFT bin at n_fft {n_fft} (first: {lo:.1f}-{hi:.1f} Hz); "
                           "lower n_mels or raise n_fft")
+    if cfg["duration"] is None:
+        return cfg  # the dataset decides it: `bind_duration`
     n_samples = num_samples(cfg)
     if not cfg["center"] and n_samples < n_fft:
         raise ConfigError(f"{source}: duration: {cfg['duration']:g} s is shorter than one FFT frame")
@@ -95,6 +98,31 @@ def resolve_feature_config(raw: Mapping, source: str = "feature config") -> dict
         raise ConfigError(f"{source}: duration: {cfg['duration']:g} s gives {frames} frames, too few for "
                           f"deltas of width {cfg['delta_width']} (needs > {4 * delta_n(cfg)})")
     return cfg
+
+
+def bind_duration(cfg: Mapping, seconds: float | None, source: str = "feature config",
+                  dataset: str = "the dataset") -> dict:
+    """The config with its clip length taken from the dataset (duration: null), or checked against it:
+    a config asking for longer clips than the dataset has is refused, naming both lengths."""
+    from asc.data.audio import LENGTH_TOLERANCE_S
+
+    cfg = copy.deepcopy(dict(cfg))
+    if cfg.get("duration") is None:
+        if seconds is None:
+            raise ConfigError(f"{source}: duration: null takes the clip length from the dataset, and "
+                              f"{dataset} has no single clip length; set duration in seconds")
+        return resolve_feature_config({**cfg, "duration": float(seconds)}, source)
+    if seconds is not None and float(cfg["duration"]) > float(seconds) + LENGTH_TOLERANCE_S:
+        raise ConfigError(f"{source}: duration: {cfg['duration']:g} s, but the clips of {dataset} are "
+                          f"{float(seconds):g} s; set `duration: null` (the dataset's length) or "
+                          f"--set duration={float(seconds):g}")
+    return cfg
+
+
+def require_duration(cfg: Mapping, source: str = "feature config") -> None:
+    if cfg.get("duration") is None:
+        raise ConfigError(f"{source}: duration: null (the dataset's clip length) is only known once features "
+                          "are extracted; use the config a cache or run recorded, or set duration")
 
 
 def _hz_to_mel(f: np.ndarray, scale: str) -> np.ndarray:
@@ -146,6 +174,7 @@ def delta_n(cfg: Mapping) -> int:
 
 
 def num_samples(cfg: Mapping) -> int:
+    require_duration(cfg)
     return int(round(float(cfg["duration"]) * int(cfg["sample_rate"])))
 
 
