@@ -92,11 +92,13 @@ class Predictor:
         """The run's `checkpoint` (best or last) with the feature config it trained on."""
         from asc import runs
         from asc.errors import AscError
+        from asc.tasks import task_of
 
         trained = runs.load_run(run_dir, checkpoint, device)
-        if trained.recipe.get("task", "dcase") != "dcase":
-            raise AscError(f"{run_dir}: a {trained.recipe.get('task')} run classifies images, not audio; "
-                           "asc predict needs a DCASE run")
+        task = task_of(trained.recipe, run_dir)
+        if task.kind != "spectrogram":
+            raise AscError(f"{run_dir}: a {task.name} run classifies {task.unit}, not audio; "
+                           "asc predict needs a run trained on audio")
         return cls(trained.model, runs.feature_config(run_dir, trained.recipe), runs.class_names(trained),
                    device=trained.device, **kw)
 

@@ -1,7 +1,8 @@
 """A run folder, as `asc train` writes it and everything else reads it; the one way to rebuild a model.
 
     recipe.yaml        the resolved recipe
-    features.yaml      the feature config the run trained on (DCASE runs), as the cache recorded it
+    features.yaml      the feature config the run trained on (audio runs), as the cache recorded it
+    dataset.json       the description of the data it trained on (classes, devices, clip length, ...)
     env.json           versions, device, world size, training precision
     metrics.jsonl      one JSON object per epoch
     checkpoints/last.pt, checkpoints/best.pt
@@ -24,6 +25,7 @@ from asc.errors import AscError
 
 FORMAT = "asc-checkpoint/1"
 FEATURES_FILE = "features.yaml"
+DATASET_FILE = "dataset.json"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -129,19 +131,42 @@ class TrainedRun:
     checkpoint: Path
     epoch: int | None
     device: str
+    run_dir: Path | None = None
+
+
+def dataset_description(run_dir: str | os.PathLike, recipe: Mapping[str, Any]):
+    """What the run trained on: RUN/dataset.json, else its cache's manifest, else (runs older than
+    descriptions, all TAU 2020 Mobile) that dataset's description."""
+    import json
+
+    from asc.data.description import DatasetDescription, description_of, legacy_description
+
+    path = Path(run_dir) / DATASET_FILE
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise AscError(f"{path}: unreadable ({exc}); restore it or retrain the run") from None
+        return DatasetDescription.from_dict(data, str(path))
+    cache_dir = (recipe.get("data") or {}).get("cache_dir")
+    manifest = Path(cache_dir) / "manifest.json" if cache_dir else None
+    if manifest is not None and manifest.is_file():
+        from asc.features.cache import read_manifest
+
+        return description_of(read_manifest(cache_dir)["dataset"], str(manifest))
+    return legacy_description({})
 
 
 def class_names(trained: TrainedRun) -> list[str]:
-    """Class names in the order of the model's outputs."""
+    """Class names in the order of the model's outputs: the checkpoint's, else the run's dataset's."""
     names = trained.spec.get("classes")
     if names:
         return [str(n) for n in names]
-    if trained.recipe.get("task", "dcase") == "dcase":
-        from asc.data.tau2020 import SCENES
-
-        if trained.spec.get("num_classes") == len(SCENES):
-            return list(SCENES)
-    return [str(i) for i in range(int(trained.spec.get("num_classes", 0)))]
+    n = int(trained.spec.get("num_classes", 0))
+    described = dataset_description(trained.run_dir, trained.recipe) if trained.run_dir else None
+    if described is not None and len(described.classes) == n:
+        return list(described.classes)
+    return [str(i) for i in range(n)]
 
 
 def pick_device(device: str | None) -> str:
@@ -177,4 +202,4 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise AscError(f"{path}: the weights do not fit the model it names ({first[:200]})") from None
     return TrainedRun(model=model.to(device), recipe=recipe, spec=spec, checkpoint=path,
-                      epoch=ckpt.get("epoch"), device=device)
+                      epoch=ckpt.get("epoch"), device=device, run_dir=Path(run_dir))

@@ -125,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=_SYNTH_TEXT,
         epilog="example:\n  asc data synth --out data/synth --preset small --seed 0\n"
                "  asc data synth --out /tmp/tiny --preset tiny --duration 2\n"
-               "  asc data synth --out data/synth2022 --layout tau2022 --duration 2   # 2 x 1-s clips a recording\n"
+               "  asc data synth --out data/synth2022 --layout tau2022 --duration 2   # two 1-s clips each\n"
                "  asc data synth --out data/my_sounds --layout folder --duration 3")
     p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier synthetic build")
     p.add_argument("--preset", choices=("tiny", "small", "full"), default="small",
@@ -156,12 +156,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "check", help="validate a dataset folder and print its counts", formatter_class=fmt,
-        description="Validate a dataset (TAU 2020/2022 Mobile, a folder per class, a CSV): metadata (labels,\n"
-                    "splits, duplicates), audio files present (a looping or broken link is named as such),\n"
-                    "and of all or a sample of files: usable (readable, no NaN/Inf samples, not cut short:\n"
-                    "the verdict `asc extract` gives) and in the format the dataset states (TAU: 44.1 kHz,\n"
-                    "mono, 10 s or 1 s). Prints counts per split x device (when the data has devices) and\n"
-                    "per class. Exit status 1 when there are problems.",
+        description="Validate a dataset (TAU 2020/2022 Mobile, a folder per class, a CSV): metadata\n"
+                    "(labels, splits, duplicates), audio files present (a looping or broken link is named\n"
+                    "as such), and of all or a sample of files: usable (readable, no NaN/Inf samples, not\n"
+                    "cut short: the verdict `asc extract` gives) and in the format the dataset states\n"
+                    "(TAU: 44.1 kHz, mono, 10 s or 1 s). Prints counts per split x device (when the data\n"
+                    "has devices) and per class. Exit status 1 when there are problems.",
         epilog="examples:\n  asc data check data/tau2020 --audio all\n  asc data check my_sounds/\n"
                "  asc data check data/tau2022 --train-subset split25.csv")
     p.add_argument("dir", help="dataset folder or manifest CSV")

@@ -102,7 +102,8 @@ def class_mismatch(trained: Sequence[str], scored: Sequence[str]) -> str | None:
         return "the same classes in another order"
     parts = []
     if only_t:
-        parts.append(f"trained on {', '.join(only_t[:4])}{' …' if len(only_t) > 4 else ''} that the data lacks")
+        more = " …" if len(only_t) > 4 else ""
+        parts.append(f"trained on {', '.join(only_t[:4])}{more} that the data lacks")
     if only_s:
         parts.append(f"the data has {', '.join(only_s[:4])}{' …' if len(only_s) > 4 else ''} that the run "
                      "never saw")

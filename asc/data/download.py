@@ -148,7 +148,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "dev": DatasetSpec("dev", ZENODO_RECORD, ARCHIVE_ROOT, DEVELOPMENT_PACKAGES),     # development set
     "eval": DatasetSpec("eval", EVAL_RECORD, EVAL_ARCHIVE_ROOT, EVALUATION_PACKAGES),  # evaluation set
     "tau2022-dev": DatasetSpec("tau2022-dev", TAU2022_DEV_RECORD, TAU2022_DEV_ROOT, TAU2022_DEV_PACKAGES),
-    "tau2022-eval": DatasetSpec("tau2022-eval", TAU2022_EVAL_RECORD, TAU2022_EVAL_ROOT, TAU2022_EVAL_PACKAGES),
+    "tau2022-eval": DatasetSpec("tau2022-eval", TAU2022_EVAL_RECORD, TAU2022_EVAL_ROOT,
+                                TAU2022_EVAL_PACKAGES),
 }
 
 

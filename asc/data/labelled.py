@@ -214,9 +214,9 @@ def _build(root: Path, name: str, title: str, entries: list[_Entry], classes: li
     missing = [e.file for e in entries if file_problem(root / e.file) is not None]
     if missing and not allow_missing:
         e = next(x for x in entries if x.file == missing[0])
-        raise DataError(f"{e.where}: {missing[0]}: {file_problem(root / missing[0])}"
-                        f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; restore the file or "
-                        "remove its row")
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{e.where}: {missing[0]}: {file_problem(root / missing[0])}{more}; restore the "
+                        "file or remove its row")
     entries = [e for e in entries if e.file not in set(missing)]
 
     given = [e for e in entries if e.split]
@@ -233,8 +233,8 @@ def _build(root: Path, name: str, title: str, entries: list[_Entry], classes: li
         for e in entries:
             by_class.setdefault(e.label or "", []).append(e.file)
         splits = stratified_split(by_class, EVALUATE_FRACTION)
-        split_rule = (f"stratified: per class, {EVALUATE_FRACTION:.0%} of the files to evaluate, chosen by the "
-                      "SHA-256 of each file name (the same split on every run)")
+        split_rule = (f"stratified: per class, {EVALUATE_FRACTION:.0%} of the files to evaluate, chosen by "
+                      "the SHA-256 of each file name (the same split on every run)")
     train_counts = Counter(e.label for e in entries if splits[e.file] == "train")
     for label in classes:
         if not train_counts.get(label):
@@ -248,8 +248,8 @@ def _build(root: Path, name: str, title: str, entries: list[_Entry], classes: li
         values = sorted(lengths.items(), key=lambda kv: kv[1][0])
         (short_file, (lo, _)), (long_file, (hi, _)) = values[0], values[-1]
         if hi - lo > LENGTH_TOLERANCE_S:
-            raise DataError(f"{root / short_file}: {lo:.3f} s long, but {long_file} is {hi:.3f} s: clips of a "
-                            "dataset must have one length (within "
+            raise DataError(f"{root / short_file}: {lo:.3f} s long, but {long_file} is {hi:.3f} s: clips "
+                            "of a dataset must have one length (within "
                             f"{LENGTH_TOLERANCE_S * 1000:.0f} ms); cut them to one length first")
         duration = round(hi, 3)
         rates = {r for _, r in lengths.values()}
@@ -260,7 +260,8 @@ def _build(root: Path, name: str, title: str, entries: list[_Entry], classes: li
         name=name, title=title, classes=tuple(classes), devices=tuple(devices), device_groups={},
         duration=duration, sample_rate=rate,
         splits=tuple(s for s in SPLITS if s in set(splits.values())), synthetic=synthetic_info is not None,
-        root=str(where), version="synthetic" if synthetic_info is not None else "unknown", split_rule=split_rule)
+        root=str(where), version="synthetic" if synthetic_info is not None else "unknown",
+        split_rule=split_rule)
     clips = [Clip(filename=e.file, scene=e.label, device=e.device, split=splits[e.file]) for e in entries]
     return AudioDataset(root=root, clips=clips, description=description, missing=missing,
                         synthetic_info=synthetic_info)

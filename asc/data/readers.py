@@ -77,7 +77,8 @@ def detect_reader(path: str | os.PathLike) -> str:
             return "csv"
         raise DataError(f"{path}: a file that is not a manifest CSV; give a dataset folder or a .csv")
     if not path.is_dir():
-        raise DataError(f"{path}: no such dataset folder or CSV; build one with `asc data synth --out {path}`")
+        raise DataError(f"{path}: no such dataset folder or CSV; build one with "
+                        f"`asc data synth --out {path}`")
     if (path / META_FILE).is_file() or any((path / rel).is_file() for rel in FOLD_FILES.values()):
         return "tau2022" if looks_like(path) else "tau2020"
     if folder_classes(path):

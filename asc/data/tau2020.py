@@ -59,7 +59,8 @@ def describe_tau2020(*, root: str = "", synthetic: bool = False, version: str = 
                      title: str = TITLE, name: str = "tau2020", duration: float = 10.0) -> DatasetDescription:
     """The description of a TAU Urban Acoustic Scenes Mobile folder (2020; 2022 with its own title)."""
     return DatasetDescription(name=name, title=title, classes=SCENES, devices=DEVICES,
-                              device_groups=dict(DEVICE_GROUPS), duration=duration, sample_rate=44100, channels=1,
+                              device_groups=dict(DEVICE_GROUPS), duration=duration, sample_rate=44100,
+                              channels=1,
                               splits=("train", "evaluate", "test"), synthetic=synthetic, root=root,
                               version=version)
 
@@ -359,8 +360,9 @@ def _apply_train_subset(path: Path, split_of: dict[str, str], order: dict[str, l
     for row, name in _read_fold(path, "subset"):
         if split_of.get(name) != "train":
             where = split_of.get(name)
-            raise DataError(f"{path}:{row.line}: {name} is not a training clip of the dataset"
-                            f"{f' (it is in {where})' if where else ''}; a training subset lists train clips only")
+            found = f" (it is in {where})" if where else ""
+            raise DataError(f"{path}:{row.line}: {name} is not a training clip of the dataset{found}; a "
+                            "training subset lists train clips only")
         keep.add(name)
     dropped = [n for n in order["train"] if n not in keep]
     order["train"] = [n for n in order["train"] if n in keep]

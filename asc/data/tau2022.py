@@ -45,7 +45,8 @@ def load_tau2022(root: str | os.PathLike, *, allow_missing: bool = False, check_
     """Read a TAU 2022 Mobile folder; `train_subset` is a path, or the bare name of a subset file in the
     folder or its `evaluation_setup/` (e.g. "split25.csv")."""
     if train_subset is not None and not Path(train_subset).is_file():
-        for candidate in (Path(root) / str(train_subset), Path(root) / "evaluation_setup" / str(train_subset)):
+        name = str(train_subset)
+        for candidate in (Path(root) / name, Path(root) / "evaluation_setup" / name):
             if candidate.is_file():
                 train_subset = candidate
                 break

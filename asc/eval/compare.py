@@ -31,7 +31,15 @@ SCORED_ON_KEYS = ("split", "dataset", "dataset_root", "feature_hash", "epochs")
 PER_MODEL_KEYS = ("feature_hash", "epochs")
 SCORE_KEYS = ("accuracy", "macro_accuracy", "log_loss")
 ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
-GROUP_KEYS = ("real", "seen_simulated", "unseen")
+def group_keys(reports: Sequence[Mapping]) -> list[str]:
+    """The device groups the reports score (from their datasets' descriptions), in first-seen order;
+    none for data without devices."""
+    keys: list[str] = []
+    for report in reports:
+        for key in report.get("device_groups") or {}:
+            if key not in keys:
+                keys.append(key)
+    return keys
 REPORT_PATH = Path("report") / "report.json"
 
 
@@ -92,6 +100,7 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
             if name not in devices and scores.get("n"):
                 devices.append(name)
 
+    keys = group_keys([r for _, r in runs])
     groups = []
     warnings = []
     for model, norm in ordered:
@@ -108,7 +117,7 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
         entry["per_device"] = {d: _stats([r["per_device"].get(d, {}).get("accuracy") for r in reports])
                                for d in devices}
         entry["device_groups"] = {g: _stats([(r.get("device_groups") or {}).get(g, {}).get("accuracy")
-                                             for r in reports]) for g in GROUP_KEYS}
+                                             for r in reports]) for g in keys}
         entry["angles"] = {a: _stats([(r.get("angles") or {}).get(a) for r in reports]) for a in ANGLE_KEYS}
         entry["model_size"] = next((r["model"] for r in reports if isinstance(r.get("model"), Mapping)), None)
         groups.append(entry)
@@ -119,7 +128,7 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
         if base is None:
             continue
         for other in (g for g in groups if g["model"] == model and g["norm"] != BASELINE_NORM):
-            diff = _difference(base, other)
+            diff = _difference(base, other, keys)
             diff["paired"] = paired_statistics(by_group[(model, BASELINE_NORM)],
                                                by_group[(model, other["norm"])])
             differences.append(diff)
@@ -144,6 +153,7 @@ def summarise(runs: Sequence[tuple[str, Mapping]]) -> dict:
         "notice": notice,
         "datasets": datasets,
         "devices": devices,
+        "group_keys": keys,
         "std": "sample standard deviation over seeds (n - 1); null for a single run",
         "groups": groups,
         "differences": differences,
@@ -204,7 +214,8 @@ def paired_statistics(base: Sequence[tuple[str, Mapping]], other: Sequence[tuple
     def group_accuracy(report: Mapping, group: str) -> float | None:
         return (report.get("device_groups") or {}).get(group, {}).get("accuracy")
 
-    out["device_groups"] = {g: paired(lambda r, g=g: group_accuracy(r, g)) for g in GROUP_KEYS}
+    keys = group_keys([r for _, r in (*base, *other)])
+    out["device_groups"] = {g: paired(lambda r, g=g: group_accuracy(r, g)) for g in keys}
     return out
 
 
@@ -240,13 +251,13 @@ def _diff(a: Mapping, b: Mapping) -> float | None:
     return b["mean"] - a["mean"]
 
 
-def _difference(base: Mapping, other: Mapping) -> dict:
+def _difference(base: Mapping, other: Mapping, keys: Sequence[str]) -> dict:
     """Mean of `other` minus mean of the BN baseline, for every score."""
     out: dict[str, Any] = {"model": base["model"], "norm": other["norm"], "baseline": base["norm"]}
     for key in SCORE_KEYS:
         out[key] = _diff(base[key], other[key])
     out["per_device"] = {d: _diff(base["per_device"][d], other["per_device"][d]) for d in base["per_device"]}
-    out["device_groups"] = {g: _diff(base["device_groups"][g], other["device_groups"][g]) for g in GROUP_KEYS}
+    out["device_groups"] = {g: _diff(base["device_groups"][g], other["device_groups"][g]) for g in keys}
     out["angles"] = {a: _diff(base["angles"][a], other["angles"][a]) for a in ANGLE_KEYS}
     return out
 
@@ -319,14 +330,17 @@ def paired_table(summary: Mapping) -> list[str]:
 
 
 def group_paired_table(summary: Mapping) -> list[str]:
+    keys = summary.get("group_keys") or []
+    if not keys:
+        return []
     header = ["model", "difference", "pairs",
-              *(f"Δ {k.replace('_', ' ')} (points) [95 % CI]" for k in GROUP_KEYS)]
+              *(f"Δ {k.replace('_', ' ')} (points) [95 % CI]" for k in keys)]
     rows = []
     for d in summary["differences"]:
         p = d.get("paired") or {}
         groups = p.get("device_groups") or {}
         rows.append([d["model"], f"{d['norm']} − {d['baseline']}", str(p.get("n", 0)),
-                     *(_fmt_paired(groups.get(k), 100) for k in GROUP_KEYS)])
+                     *(_fmt_paired(groups.get(k), 100) for k in keys)])
     return _table(header, rows)
 
 
@@ -359,12 +373,13 @@ def _rows_with_differences(summary: Mapping, cells, diff_cells) -> list[list[str
 
 def main_table(summary: Mapping) -> list[str]:
     """Accuracy, macro accuracy, log loss, device groups and IIR: the table printed on the terminal."""
-    header = ["model", "norm", "runs", "accuracy %", "macro acc. %", "log loss", "real %", "seen sim. %",
-              "unseen %", "IIR train", "IIR test"]
+    keys = summary.get("group_keys") or []
+    header = ["model", "norm", "runs", "accuracy %", "macro acc. %", "log loss",
+              *(f"{k.replace('_', ' ')} %" for k in keys), "IIR train", "IIR test"]
 
     def cells(g):
         return [_fmt(g["accuracy"], 100), _fmt(g["macro_accuracy"], 100), _fmt(g["log_loss"], 1, 3),
-                *(_fmt(g["device_groups"][k], 100) for k in GROUP_KEYS),
+                *(_fmt(g["device_groups"][k], 100) for k in keys),
                 _fmt(g["angles"]["iir_train"], 1, 3), _fmt(g["angles"]["iir_test"], 1, 3)]
 
     def diff_cells(d):
@@ -373,7 +388,7 @@ def main_table(summary: Mapping) -> list[str]:
         return [_marked(_fmt_diff(d["accuracy"], 100), p), _marked(_fmt_diff(d["macro_accuracy"], 100),
                                                                     p.get("macro_accuracy")),
                 _marked(_fmt_diff(d["log_loss"], 1, 3), p.get("log_loss")),
-                *(_marked(_fmt_diff(d["device_groups"][k], 100), groups.get(k)) for k in GROUP_KEYS),
+                *(_marked(_fmt_diff(d["device_groups"][k], 100), groups.get(k)) for k in keys),
                 _marked(_fmt_diff(d["angles"]["iir_train"], 1, 3), p.get("iir_train")),
                 _marked(_fmt_diff(d["angles"]["iir_test"], 1, 3), p.get("iir_test"))]
 
@@ -424,7 +439,8 @@ def render_markdown(summary: Mapping, figure: str | None = None,
                   "paired differences, 95 % Student-t interval over the pairs, two-sided paired t-test "
                   "p-value; a single pair has no interval.", "", *paired_table(summary), "",
                   *group_paired_table(summary), ""]
-    lines += ["## Accuracy per device (%)", "", *device_table(summary), ""]
+    if summary["devices"]:
+        lines += ["## Accuracy per device (%)", "", *device_table(summary), ""]
     lines += ["## Angles of classification-layer features", "", *angle_table(summary), ""]
     sizes = size_table(summary)
     if sizes:
@@ -488,15 +504,19 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                                    + "; ".join(problems))
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    _device_chart(summary, out / "per_device.png")
+    chart = "per_device.png" if summary["devices"] else None
+    if chart:
+        _device_chart(summary, out / chart)
+    else:
+        (out / "per_device.png").unlink(missing_ok=True)  # of an earlier comparison of data with devices
     from asc.eval.curves import write_curves
 
     curves = write_curves(summary["groups"], {d: r.get("history") or [] for d, r in runs}, out,
                           synthetic=summary["synthetic"])
     for stale in set(out.glob("curves_*.png")) - {out / name for _, name in curves}:
         stale.unlink()  # figures of an earlier comparison of other models
-    summary["figures"] = ["per_device.png", *(name for _, name in curves)]
-    markdown = render_markdown(summary, "per_device.png", curves)
+    summary["figures"] = [*([chart] if chart else []), *(name for _, name in curves)]
+    markdown = render_markdown(summary, chart, curves)
     atomic_write_json(out / "compare.json", summary)
     atomic_write_text(out / "compare.md", markdown)
     return summary, markdown, out

@@ -13,31 +13,15 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from asc.errors import AscError, DataError
+from asc.tasks import EvalData, recipe_value, task_of
 
 REPORT_DIR = "report"
-DATASET_NAMES = {"dcase": "TAU Urban Acoustic Scenes 2020 Mobile", "cifar100": "CIFAR-100"}
-
-
-@dataclass
-class EvalData:
-    """One split ready for scoring: a torch Dataset plus what the report needs to know about it."""
-
-    dataset: Any
-    split: str
-    labels: np.ndarray
-    class_names: list[str]
-    devices: list[str] | None
-    filenames: list[str]
-    root: str
-    synthetic: bool
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -68,15 +52,7 @@ def read_history(path: Path) -> list[dict]:
     return history
 
 
-def _recipe_value(recipe: Mapping, dotted: str, path: Path, default: Any = None) -> Any:
-    node: Any = recipe
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            if default is not None:
-                return default
-            raise AscError(f"{path}: the recipe has no {dotted}; re-create the run with `asc train`")
-        node = node[part]
-    return node
+_recipe_value = recipe_value
 
 
 def training_precision(run_dir: Path, recipe: Mapping) -> str:
@@ -93,81 +69,10 @@ def training_precision(run_dir: Path, recipe: Mapping) -> str:
 
 # ----------------------------------------------------------------------------- data
 
-def _dcase_split(recipe: Mapping, split: str, recipe_path: Path, cache_dir: str | None = None) -> EvalData:
-    from asc.features.cache import read_manifest
-    from asc.features.dataset import FeatureDataset
-
-    cache_dir = cache_dir or _recipe_value(recipe, "data.cache_dir", recipe_path)
-    manifest = read_manifest(cache_dir)
-    dataset = FeatureDataset(cache_dir, split)
-    if len(dataset) == 0:
-        present = sorted({str(r.get("split")) for r in manifest.get("clips", [])})
-        raise DataError(f"{cache_dir}: the feature cache has no clips of split {split!r} (it has: "
-                        f"{', '.join(present) or 'none'}); extract that split with `asc extract`")
-    records = getattr(dataset, "records", None)
-    if records is not None and len(records) == len(dataset):
-        filenames = [str(r.get("file") or f"{r.get('id')}.wav") for r in records]
-    else:
-        filenames = [f"{clip_id}.wav" for clip_id in dataset.ids]
-    info = manifest.get("dataset") or {}
-    # the official evaluation set has anonymous clips without a device: no per-device scores then
-    devices = None
-    if any(d is not None for d in dataset.devices):
-        devices = ["unknown" if d is None else str(d) for d in dataset.devices]
-    return EvalData(
-        dataset=dataset, split=split, labels=np.asarray(dataset.labels, dtype=np.int64),
-        class_names=list(dataset.scenes), devices=devices, filenames=filenames,
-        root=str(info.get("root", "?")), synthetic=bool(dataset.synthetic or info.get("synthetic")),
-        extra={"cache_dir": str(cache_dir), "features": recipe.get("features"),
-               "feature_hash": manifest.get("config_hash")},
-    )
-
-
-def _cifar_split(recipe: Mapping, split: str, recipe_path: Path) -> EvalData:
-    from asc.data.cifar import CifarDataset
-
-    root = _recipe_value(recipe, "data.root", recipe_path)
-    split = "test" if split == "evaluate" else split
-    dataset = CifarDataset(root, split, train_augment=False)
-    return EvalData(
-        dataset=dataset, split=split, labels=np.asarray(dataset.labels, dtype=np.int64),
-        class_names=list(dataset.classes), devices=None,
-        filenames=[f"{split}-{i}" for i in range(len(dataset))], root=str(dataset.root),
-        synthetic=bool(dataset.synthetic),
-    )
-
-
-def _check_same_features(recipe: Mapping, cache_dir: str, recipe_path: Path) -> None:
-    """A cache given with --cache must hold the features the run was trained on."""
-    from asc.features.cache import read_manifest
-    from asc.features.logmel import feature_hash, load_feature_config
-
-    found = read_manifest(cache_dir).get("config_hash")
-    try:
-        expected = read_manifest(_recipe_value(recipe, "data.cache_dir", recipe_path)).get("config_hash")
-    except DataError:
-        if not recipe.get("features"):
-            return
-        expected = feature_hash(load_feature_config(recipe["features"]))
-    if found != expected:
-        raise AscError(f"{cache_dir}: features of another config (hash {found}) than the run's "
-                       f"(hash {expected}); extract the data with the run's feature config "
-                       f"{recipe.get('features')}")
-
-
 def load_split(recipe: Mapping, split: str, recipe_path: Path, cache_dir: str | None = None) -> EvalData:
-    """One split of the run's data; `cache_dir` points DCASE runs at another feature cache (e.g. the
-    official evaluation set, extracted with the same feature config)."""
-    task = recipe.get("task", "dcase")
-    if task == "cifar100":
-        if cache_dir is not None:
-            raise AscError("--cache applies to DCASE runs only")
-        return _cifar_split(recipe, split, recipe_path)
-    if task != "dcase":
-        raise AscError(f"{recipe_path}: unknown task {task!r}")
-    if cache_dir is not None:
-        _check_same_features(recipe, cache_dir, recipe_path)
-    return _dcase_split(recipe, split, recipe_path, cache_dir)
+    """One split of the run's data, from its task; `cache_dir` points audio runs at another feature
+    cache (e.g. the official evaluation set, extracted with the same feature config)."""
+    return task_of(recipe, recipe_path).split(recipe, split, recipe_path, cache_dir)
 
 
 # ----------------------------------------------------------------------------- inference
@@ -210,7 +115,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     if not run_dir.is_dir():
         raise AscError(f"{run_dir}: no such run folder")
     trained = load_run(run_dir, checkpoint, device)
-    device, recipe, spec, ckpt_path = trained.device, trained.recipe, trained.spec, trained.checkpoint
+    device, recipe, spec = trained.device, trained.recipe, trained.spec
     recipe_path = run_dir / "recipe.yaml"
 
     if batch_size is None:
@@ -221,9 +126,15 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     eval_split = split or recipe_split
     train_split = _recipe_value(recipe, "data.train_split", recipe_path, default="train")
     data = load_split(recipe, eval_split, recipe_path, None if cache_dir is None else str(cache_dir))
-    if spec.get("num_classes") not in (None, len(data.class_names)):
-        raise AscError(f"{ckpt_path}: the model has {spec['num_classes']} classes but split {eval_split!r} "
-                       f"has {len(data.class_names)}; is the recipe's data the one this run was trained on?")
+    from asc.data.description import class_mismatch
+
+    trained_classes = spec.get("classes")
+    differs = class_mismatch(trained_classes, data.class_names) if trained_classes else None
+    if differs or spec.get("num_classes") not in (None, len(data.class_names)):
+        where = data.extra.get("cache_dir") or data.root
+        differs = differs or f"{spec.get('num_classes')} classes against {len(data.class_names)}"
+        raise AscError(f"{where}: the run {run_dir} was trained on other classes than this data has "
+                       f"({differs}); score it on data of the dataset it was trained on")
 
     model = trained.model
     from asc.models.common import model_size
@@ -254,7 +165,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         "dir": str(run_dir.resolve()),
         "recipe": recipe.get("name"),
         "profile": recipe.get("profile"),
-        "task": recipe.get("task", "dcase"),
+        "task": task_of(recipe, recipe_path).name,
         "model": model_cfg.get("name") or spec.get("name"),
         "norm": recipe.get("norm") or spec.get("norm"),
         "seed": recipe.get("seed"),
@@ -266,14 +177,21 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         "angle_clips": (recipe.get("train") or {}).get("angle_clips"),
         "precision": training_precision(run_dir, recipe),
     }
-    task = recipe.get("task", "dcase")
-    name = ("synthetic " if data.synthetic else "") + DATASET_NAMES.get(task, task)
+    described = data.description
+    name = described.display_name
     dataset_info = {"name": name, "root": data.root, "synthetic": data.synthetic, "split": data.split,
-                    "train_split": train_split, **data.extra}
+                    "train_split": train_split, "description": described.to_dict(), **data.extra}
+    trained_on = _trained_on(run_dir, recipe)
+    if trained_on is not None and (trained_on.name, trained_on.root) != (described.name, described.root):
+        dataset_info["trained_on"] = trained_on.to_dict()
+        # a model trained on synthetic data keeps its banner wherever it is scored
+        dataset_info["synthetic"] = described.synthetic or trained_on.synthetic
     report = build_report(
         logits, data.labels, data.devices, data.class_names, dataset=dataset_info, run=run_info,
         history=read_history(run_dir / "metrics.jsonl"), train_embeddings=train_embeddings,
-        train_labels=train_labels, test_embeddings=embeddings,
+        train_labels=train_labels, test_embeddings=embeddings, device_order=list(described.devices),
+        device_groups={k: list(v) for k, v in described.device_groups.items()},
+        unit=task_of(recipe, recipe_path).unit,
     )
     report["model"] = size
     # what `asc compare` checks before putting runs side by side
@@ -288,6 +206,15 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     write_predictions(out / "predictions.csv", data.filenames, logits, data.class_names)
     files.append(out / "predictions.csv")
     return EvalResult(report=report, out_dir=out, files=files)
+
+
+def _trained_on(run_dir: Path, recipe: Mapping):
+    """The description of the data the run was trained on, when the run folder knows it."""
+    from asc.runs import DATASET_FILE, dataset_description
+
+    if not (run_dir / DATASET_FILE).is_file():
+        return None
+    return dataset_description(run_dir, recipe)
 
 
 def summary_lines(result: EvalResult) -> list[str]:

@@ -25,14 +25,16 @@ from asc.fileio import atomic_open, atomic_write_json, atomic_write_text
 
 REPORT_FORMAT = 1
 ANGLE_KEYS = ("intra_train", "intra_test", "inter", "iir_train", "iir_test")
-GROUP_TITLES = {"real": "real (a, b, c)", "seen_simulated": "seen simulated (s1-s3)",
-                "unseen": "unseen (s4-s6)"}
 
 
-def _tau_devices() -> tuple[list[str], dict[str, list[str]]]:
-    from asc.data.tau2020 import DEVICE_GROUPS, DEVICES
+def group_title(name: str, members: Sequence[str] | None = None) -> str:
+    """A device group as reports name it: "seen simulated (s1, s2, s3)"."""
+    words = str(name).replace("_", " ")
+    return f"{words} ({', '.join(members)})" if members else words
 
-    return list(DEVICES), {name: list(members) for name, members in DEVICE_GROUPS.items()}
+
+def _group_title(report: Mapping, name: str) -> str:
+    return group_title(name, (report.get("device_group_members") or {}).get(name))
 
 
 def synthetic_notice(dataset: Mapping[str, Any]) -> str:
@@ -87,14 +89,15 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
                  train_embeddings: np.ndarray | None = None, train_labels: np.ndarray | None = None,
                  test_embeddings: np.ndarray | None = None,
                  device_order: Sequence[str] | None = None,
-                 device_groups: Mapping[str, Sequence[str]] | None = None) -> dict:
+                 device_groups: Mapping[str, Sequence[str]] | None = None, unit: str = "clips") -> dict:
     """Score the outputs of one model on one split.
 
     logits (N, K) and labels (N,) in the order of `scene_names`; a label of -1 marks an unlabelled
     clip, which is left out of every score. devices (N,) name the recording device of each clip
     (None for data without devices, e.g. images: no per-device scores).
     Train/test embeddings are classification-layer features for the paper's angle measures.
-    Devices and device groups default to TAU 2020 Mobile's (a, b, c, s1-s6; real, seen, unseen).
+    Devices are listed in `device_order` (default: as they first appear), then any others; device groups
+    (named lists of devices, e.g. those never heard in training) come from the dataset's description.
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -108,10 +111,11 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
         raise ValueError(f"{n} logit rows but {labels.shape[0]} labels and {len(devices)} devices")
     if not has_devices:
         device_order, device_groups = [], {}
-    elif device_order is None or device_groups is None:
-        default_order, default_groups = _tau_devices()
-        device_order = default_order if device_order is None else device_order
-        device_groups = default_groups if device_groups is None else device_groups
+    else:
+        seen = list(dict.fromkeys(devices))
+        device_order = [d for d in (device_order or []) if d in seen] + \
+            [d for d in seen if d not in (device_order or [])]
+        device_groups = dict(device_groups or {})
 
     dataset = dict(dataset or {})
     synthetic = bool(dataset.get("synthetic", False))
@@ -150,6 +154,7 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
         "dataset": dataset,
         "run": dict(run or {}),
         "labels": scene_names,
+        "unit": unit,
         "n_clips": int(n),
         "n_unlabelled": int((~labelled).sum()),
         "overall": M.subset_scores(y, p),
@@ -213,7 +218,7 @@ def _title(report: Mapping) -> str:
 
 
 def _unit(report: Mapping) -> str:
-    return "images" if (report.get("run") or {}).get("task") == "cifar100" else "clips"
+    return str(report.get("unit") or "clips")
 
 
 def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
@@ -228,6 +233,12 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
     lines.append(f"- Dataset: {ds.get('name', 'unnamed')} ({kind}) at `{ds.get('root', '?')}`, "
                  f"split `{ds.get('split', '?')}`: {report['n_clips']} {unit}"
                  + (f", {report['n_unlabelled']} without labels" if report.get("n_unlabelled") else ""))
+    other = ds.get("trained_on")
+    if isinstance(other, Mapping):
+        kind_other = "synthetic " if other.get("synthetic") else ""
+        title = other.get("title", other.get("name"))
+        lines.append(f"- **Trained on another dataset**: {kind_other}{title} at "
+                     f"`{other.get('root', '?')}`")
     if run:
         shown = ", ".join(f"{key} {run[key]}" for key in ("recipe", "profile", "model", "norm", "seed",
                                                            "checkpoint", "epoch", "epochs", "precision",
@@ -260,16 +271,16 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
         lines += ["", "## Per device", ""]
         rows = [[name, _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
                 for name, s in report["per_device"].items()]
-        rows += [[f"**{GROUP_TITLES.get(name, name)}**", _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
+        rows += [[f"**{_group_title(report, name)}**", _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
                  for name, s in report["device_groups"].items()]
         lines += _table(["device", "accuracy %", "log loss", "clips"], rows)
-    lines += ["", "## Per class" if not report["per_device"] else "## Per scene", ""]
-    lines += _table(["class" if not report["per_device"] else "scene", "accuracy %", "log loss", unit],
+    lines += ["", "## Per class", ""]
+    lines += _table(["class", "accuracy %", "log loss", unit],
                     [[name, _pct(s["accuracy"]), _num(s["log_loss"]), s["n"]]
                      for name, s in report["per_scene"].items()])
 
     conf = report["confusion"]
-    lines += ["", "## Confusion matrix (rows: true scene, columns: predicted)", ""]
+    lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", ""]
     short = [str(i) for i in range(len(conf["labels"]))]
     named_rows = enumerate(zip(conf["labels"], conf["matrix"]))
     lines += _table(["true \\ predicted", *short], [[f"{i} {name}", *row] for i, (name, row) in named_rows])
@@ -348,7 +359,7 @@ def _device_figure(report: Mapping, suptitle: str):
     for gname, s in groups.items():
         if s.get("n"):
             ax.plot([], [], color=palette.get(gname, "tab:gray"), linewidth=6,
-                    label=f"{GROUP_TITLES.get(gname, gname)}: {100 * s['accuracy']:.1f}")
+                    label=f"{_group_title(report, gname)}: {100 * s['accuracy']:.1f}")
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy %")
     ax.set_title(f"Accuracy per device — {suptitle}")
@@ -447,7 +458,7 @@ def write_figures(report: Mapping, out_dir: str | os.PathLike) -> list[str]:
         for name, matrix in conf.get("groups", {}).items():
             if np.asarray(matrix).sum() == 0:
                 continue
-            fig = _confusion_figure(matrix, conf["labels"], f"{title}\n{GROUP_TITLES.get(name, name)}")
+            fig = _confusion_figure(matrix, conf["labels"], f"{title}\n{_group_title(report, name)}")
             _save(fig, out / f"confusion_{name}.png")
             written.append(f"confusion_{name}.png")
         if report["per_device"]:

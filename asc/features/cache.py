@@ -75,7 +75,8 @@ def write_source(cache_dir: Path, requested: Mapping, dataset: Mapping) -> None:
     old = _read_source(cache_dir)
     if old is not None:
         before, now = old.get("dataset") or {}, entry["dataset"]
-        if before.get("root") and (before.get("root"), before.get("name")) != (now.get("root"), now.get("name")):
+        same = (before.get("root"), before.get("name")) == (now.get("root"), now.get("name"))
+        if before.get("root") and not same:
             raise DataError(f"{cache_dir}: holds the features of another dataset ({before.get('name')} at "
                             f"{before.get('root')}); extract {now.get('root')} into another --out, or remove "
                             "this folder first")
@@ -107,10 +108,10 @@ def find_cache(cache_root: str | os.PathLike, cfg: Mapping, stem: str) -> Path:
     if not found:
         raise DataError(f"{root}: no feature cache of {stem} (clip length: the dataset's); run `asc extract "
                         f"--data DATA --features {stem}.yaml --out {root}` first")
-    choices = "; ".join(f"{f} ({(s.get('dataset') or {}).get('name')} at {(s.get('dataset') or {}).get('root')})"
-                        for f, s in found)
-    raise DataError(f"{root}: {len(found)} caches of {stem}, of different datasets: {choices}; choose one with "
-                    "--set data.cache_dir=DIR, or keep each dataset's caches under its own root")
+    choices = "; ".join(f"{f} ({(s.get('dataset') or {}).get('name')} at "
+                        f"{(s.get('dataset') or {}).get('root')})" for f, s in found)
+    raise DataError(f"{root}: {len(found)} caches of {stem}, of different datasets: {choices}; choose one "
+                    "with --set data.cache_dir=DIR, or keep each dataset's caches under its own root")
 
 
 def repair_hint(manifest: Any = None) -> str:

@@ -27,11 +27,12 @@ examples:
 
 The reader is detected from --data (or named with --dataset); the dataset's description (classes,
 devices, clip length, synthetic or not) goes into the manifest, and every later stage reads it from
-there. The cache folder is CACHE/<config-stem>-<hash12>/; one folder holds one dataset. Re-running with the same config and audio does
-nothing, changed or new audio files are extracted incrementally, and an interrupted or failed run
-(a full disk) resumes. A shard that is cut short or does not match its sidecar is rebuilt by a plain
-re-run; --verify also re-hashes every shard (without --data it only reports, exit status 2 if any is
-bad; with --data it rebuilds the bad ones). Audio shorter than the config's duration (by more than
+there. The cache folder is CACHE/<config-stem>-<hash12>/; one folder holds one dataset.
+Re-running with the same config and audio does nothing, changed or new audio files are
+extracted incrementally, and an interrupted or failed run (a full disk) resumes. A shard
+that is cut short or does not match its sidecar is rebuilt by a plain re-run; --verify also
+re-hashes every shard (without --data it only reports, exit status 2 if any is bad; with
+--data it rebuilds the bad ones). Audio shorter than the config's duration (by more than
 0.05 s) is an error: --pad-short zero-pads such clips and lists them in the manifest, --skip-bad
 leaves them out. The last line printed is the cache folder.
 """
@@ -122,8 +123,9 @@ def _repair_command(args: argparse.Namespace) -> str:
             "--features", str(Path(args.features).resolve()), "--out", str(Path(args.out).resolve())]
     for item in args.overrides:
         argv += ["--set", item]
-    subset = str(Path(args.train_subset).resolve()) if args.train_subset and Path(args.train_subset).is_file() \
-        else args.train_subset
+    subset = args.train_subset
+    if subset and Path(subset).is_file():
+        subset = str(Path(subset).resolve())
     chosen = (("--dtype", args.dtype), ("--shard-size", args.shard_size), ("--splits", args.splits),
               ("--train-subset", subset))
     for flag, value in chosen:
@@ -181,7 +183,7 @@ def run_extract(args: argparse.Namespace) -> int:
         raise AscError(f"--shard-index {args.shard_index} must be in 0..{args.num_shards - 1} "
                        f"(--num-shards {args.num_shards})")
     cfg, stem = _resolve_config(args)
-    if not args.data:  # --merge, --verify: the cache that config names (looked up if it takes the length from data)
+    if not args.data:  # --merge, --verify: the cache that config names (looked up if the data set its length)
         from asc.features.cache import cache_path
 
         cache_dir = cache_path(args.out, cfg, stem)

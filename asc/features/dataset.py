@@ -17,21 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from asc.features.cache import open_shard, read_manifest, require_shard
-
-
-def _scene_order() -> list[str]:
-    from asc.data.tau2020 import SCENES
-
-    return list(SCENES)
+from asc.data.description import DatasetDescription, description_of
+from asc.errors import DataError
+from asc.features.cache import MANIFEST, open_shard, read_manifest, require_shard
 
 
 class FeatureDataset:
     """Clips of one split (or all, with split=None) of an extracted cache.
 
     `ds[i]` -> (torch.float32 tensor (C, mels, frames), label index into `scenes`, -1 if unknown).
-    Attributes: labels (np.int64), devices, scenes, ids, records (manifest rows), synthetic,
-    feature_config, shape, cache_dir.
+    Attributes: labels (np.int64), devices, scenes (the dataset's class names, from the manifest's
+    dataset description), description, ids, records (manifest rows), synthetic, feature_config,
+    shape, cache_dir. A labelled clip whose label is not one of the classes is an error, never -1.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, split: str | None = "train",
@@ -46,8 +43,15 @@ class FeatureDataset:
             rows = [r for r in rows if r.get("device") in wanted]
         self.split = split
         self.records: list[dict] = rows
-        self.scenes: list[str] = _scene_order()
+        self.description: DatasetDescription = description_of(manifest["dataset"],
+                                                               str(self.cache_dir / MANIFEST))
+        self.scenes: list[str] = list(self.description.classes)
         index = {s: i for i, s in enumerate(self.scenes)}
+        unknown = next((r for r in rows if r.get("scene") is not None and r.get("scene") not in index), None)
+        if unknown is not None:
+            raise DataError(f"{self.cache_dir / MANIFEST}: clip {unknown.get('file')} is labelled "
+                            f"{unknown.get('scene')!r}, not one of the dataset's classes "
+                            f"({', '.join(self.scenes[:12])}); re-extract the cache")
         self.labels = np.array([index.get(r.get("scene"), -1) for r in rows], dtype=np.int64)
         self.devices: list[str] = [r.get("device") for r in rows]
         self.ids: list[str] = [r["id"] for r in rows]

@@ -46,12 +46,13 @@ def run(args: argparse.Namespace) -> int:
         import json
 
         from asc.runs import pick_device
+        from asc.tasks import task_of
         from asc.train.estimate import estimate
 
-        if recipe["task"] != "dcase":
+        if task_of(recipe).kind != "spectrogram":
             from asc.errors import AscError
 
-            raise AscError("--estimate needs a DCASE recipe (it reads the feature cache's split sizes)")
+            raise AscError("--estimate needs an audio recipe (it reads the feature cache's split sizes)")
         print(json.dumps(estimate(recipe, pick_device(args.device))))
         return 0
     out = args.out or os.path.join(args.runs, run_name(recipe))

@@ -8,8 +8,6 @@ a single uninterrupted process sees.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -17,31 +15,41 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asc.data.sampling import Subset, stratified_indices
 from asc.errors import AscError
+from asc.tasks import TaskData, task_of
 from asc.train import augment
 
 
-@dataclass
-class TaskData:
-    """What the loop needs to know about a task's data."""
+def clip_augment(aug: dict, frames: int | None, log: Callable[[str], None] | None = None) -> dict:
+    """The augment section for inputs of `frames` time steps: crop and time-mask widths written for
+    `reference_frames` scale with the clip (a 1-s clip has 36 frames where a 10-s one has 423), and a
+    crop longer than the clip is an error naming the setting."""
+    out = dict(aug)
+    ref = aug.get("reference_frames")
+    if frames is None or not ref or frames == ref:
+        scaled = False
+    else:
+        scaled = True
+        for key in ("crop_frames", "time_mask_width"):
+            if out.get(key):
+                out[key] = max(1, int(round(out[key] * frames / ref)))
+        if log is not None:
+            log(f"clips of {frames} frames (widths written for {ref}): crop_frames "
+                f"{aug.get('crop_frames')} -> {out.get('crop_frames')}, time_mask_width "
+                f"{aug.get('time_mask_width')} -> {out.get('time_mask_width')}")
+    if frames is not None and out.get("crop_frames") and out["crop_frames"] > frames:
+        how = "" if scaled else " (set augment.reference_frames to scale it with the clip)"
+        raise AscError(f"augment.crop_frames {out['crop_frames']} is longer than the clips' {frames} "
+                       f"frames{how}; lower it or set it to null")
+    return out
 
-    train: Dataset
-    eval: Dataset
-    num_classes: int
-    in_channels: int
-    class_names: list[str]
-    kind: str  # "spectrogram" or "image"
-    #: raw batch -> model input, on the batch's device (images arrive as uint8); None: as float32
-    transform: Callable[[Tensor], Tensor] | None = None
-    #: the feature config the inputs were computed with (spectrograms), recorded in the run folder
-    feature_config: dict | None = None
-    #: what training-time validation and the angle passes read (subsets when the recipe asks for them)
-    val: Dataset | None = None
-    angle_train: Dataset | None = None
 
-
-def subsets_for(task: TaskData, recipe: dict) -> TaskData:
-    """Fill task.val and task.angle_train from the recipe's train.val_clips / train.angle_clips."""
+def subsets_for(task: TaskData, recipe: dict, log: Callable[[str], None] | None = None) -> TaskData:
+    """Fill task.val and task.angle_train from the recipe's train.val_clips / train.angle_clips, and
+    task.augment with the augment section fitted to the clip length."""
     tr = recipe["train"]
+    shape = getattr(task.train, "shape", None)
+    frames = int(shape[-1]) if task.kind == "spectrogram" and shape else None
+    task.augment = clip_augment(recipe["augment"], frames, log)
     labels = _labels(task.eval)
     devices = list(getattr(task.eval, "devices", None) or [None] * len(labels))
     task.val = task.eval if tr["val_clips"] is None else \
@@ -55,43 +63,9 @@ def _labels(dataset: Dataset) -> list[int]:
     return [int(v) for v in dataset.labels]
 
 
-class _ImageSet(Dataset):
-    """CIFAR images kept in memory as uint8 (N, 3, 32, 32); normalization happens per batch."""
-
-    def __init__(self, images: Tensor, labels) -> None:
-        self.images = images
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i])
-
-
 def load_task_data(recipe: dict) -> TaskData:
-    data = recipe["data"]
-    if recipe["task"] == "cifar100":
-        from asc.data.cifar import load_cifar100, normalize_images
-
-        c = load_cifar100(data["root"])
-        to_t = lambda imgs: torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-        return TaskData(_ImageSet(to_t(c.train.images), c.train.labels),
-                        _ImageSet(to_t(c.test.images), c.test.labels),
-                        num_classes=len(c.classes), in_channels=3, class_names=list(c.classes),
-                        kind="image", transform=normalize_images)
-    from asc.features.dataset import FeatureDataset
-
-    cache_dir = Path(data["cache_dir"])
-    if not (cache_dir / "manifest.json").is_file():
-        raise AscError(f"{cache_dir}: no feature cache for {recipe['features']}; run `asc extract "
-                       f"--data DATA --features {recipe['features']} --out {data['cache']}` first")
-    train = FeatureDataset(cache_dir, split=data["train_split"])
-    evaluate = FeatureDataset(cache_dir, split=data["eval_split"])
-    if len(train) == 0:
-        raise AscError(f"{cache_dir}: the cache has no clips of split {data['train_split']!r}")
-    return TaskData(train, evaluate, num_classes=len(train.scenes), in_channels=int(train.shape[0]),
-                    class_names=list(train.scenes), kind="spectrogram", feature_config=train.feature_config)
+    """The recipe's task's training data (`asc.tasks`)."""
+    return task_of(recipe).training_data(recipe)
 
 
 class StepSampler(Sampler[list[int]]):
@@ -158,7 +132,7 @@ def steps_per_epoch(n: int, recipe: dict) -> int:
 def prepare_batch(x: Tensor, y: Tensor, *, task: TaskData, recipe: dict, epoch: int, step: int,
                   rank: int, world: int) -> tuple[Tensor, Tensor]:
     """Augment this rank's slice of a global batch; returns inputs and soft targets."""
-    aug = recipe["augment"]
+    aug = task.augment or recipe["augment"]
     tr = recipe["train"]
     g = augment.step_generator(recipe["seed"], epoch, step)
     gb = min(tr["batch_size"], len(task.train))  # global batch size
@@ -166,31 +140,7 @@ def prepare_batch(x: Tensor, y: Tensor, *, task: TaskData, recipe: dict, epoch: 
     sl = slice(rank * local, (rank + 1) * local)
     mix = aug["mixup_alpha"] > 0
     parts = 2 if mix else 1
-    if task.kind == "image":
-        from asc.data.cifar import normalize_images, random_crop_flip
-
-        imgs = x
-        if aug["crop_pad"] > 0 or aug["hflip"]:
-            # draw for the whole global batch (and partner), then keep this rank's rows
-            full = torch.zeros((gb * parts, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            rows = torch.cat([torch.arange(sl.start, sl.stop) + p * gb for p in range(parts)]).to(x.device)
-            full[rows] = x
-            full = random_crop_flip(full, pad=aug["crop_pad"], generator=g)
-            imgs = full[rows]
-        x = normalize_images(imgs)
-    else:
-        x = x.float()
-        n_all, c, f, t = gb * parts, x.shape[1], x.shape[2], x.shape[3]
-        rows = torch.cat([torch.arange(sl.start, sl.stop) + p * gb for p in range(parts)])
-        if aug["freq_masks"]:
-            start, width = augment.mask_params(n_all, c, f, aug["freq_mask_width"], aug["freq_masks"], g)
-            x = augment.apply_masks(x, start[rows], width[rows], axis=2)
-        if aug["time_masks"]:
-            start, width = augment.mask_params(n_all, c, t, aug["time_mask_width"], aug["time_masks"], g)
-            x = augment.apply_masks(x, start[rows], width[rows], axis=3)
-        if aug["crop_frames"]:
-            offsets = augment.random_crop_offsets(n_all, t, aug["crop_frames"], g)
-            x = augment.crop_time(x, offsets[rows], aug["crop_frames"])
+    x = AUGMENT_BY_KIND[task.kind](x, aug, g, rows=_rows(sl, gb, parts), n_all=gb * parts)
     targets = augment.soft_targets(y.to(x.device), task.num_classes, tr["label_smoothing"])
     if mix:
         lam = augment.mixup_weights(gb, aug["mixup_alpha"], g)[sl].to(x.device)
@@ -199,3 +149,42 @@ def prepare_batch(x: Tensor, y: Tensor, *, task: TaskData, recipe: dict, epoch: 
         x = x[:half] * lx + x[half:] * (1 - lx)
         targets = targets[:half] * lam[:, None] + targets[half:] * (1 - lam[:, None])
     return x, targets
+
+
+def _rows(sl: slice, gb: int, parts: int) -> Tensor:
+    """This rank's rows of the global batch (and of the mixup partner batch)."""
+    return torch.cat([torch.arange(sl.start, sl.stop) + p * gb for p in range(parts)])
+
+
+def _augment_images(x: Tensor, aug: dict, g: torch.Generator, *, rows: Tensor, n_all: int) -> Tensor:
+    from asc.data.cifar import normalize_images, random_crop_flip
+
+    imgs = x
+    if aug["crop_pad"] > 0 or aug["hflip"]:
+        # draw for the whole global batch (and partner), then keep this rank's rows
+        full = torch.zeros((n_all, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        rows = rows.to(x.device)
+        full[rows] = x
+        full = random_crop_flip(full, pad=aug["crop_pad"], generator=g)
+        imgs = full[rows]
+    return normalize_images(imgs)
+
+
+def _augment_spectrograms(x: Tensor, aug: dict, g: torch.Generator, *, rows: Tensor, n_all: int) -> Tensor:
+    x = x.float()
+    c, f, t = x.shape[1], x.shape[2], x.shape[3]
+    if aug["freq_masks"]:
+        start, width = augment.mask_params(n_all, c, f, aug["freq_mask_width"], aug["freq_masks"], g)
+        x = augment.apply_masks(x, start[rows], width[rows], axis=2)
+    if aug["time_masks"]:
+        start, width = augment.mask_params(n_all, c, t, aug["time_mask_width"], aug["time_masks"], g)
+        x = augment.apply_masks(x, start[rows], width[rows], axis=3)
+    if aug["crop_frames"]:
+        offsets = augment.random_crop_offsets(n_all, t, aug["crop_frames"], g)
+        x = augment.crop_time(x, offsets[rows], aug["crop_frames"])
+    return x
+
+
+#: batch augmentation per kind of input (TaskData.kind)
+AUGMENT_BY_KIND: dict[str, Callable[..., Tensor]] = {"image": _augment_images,
+                                                     "spectrogram": _augment_spectrograms}

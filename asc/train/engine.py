@@ -34,7 +34,7 @@ from asc.errors import AscError
 from asc.eval.inference import infer
 from asc.fileio import atomic_write_json, atomic_write_text
 from asc.progress import progress
-from asc.runs import FEATURES_FILE, build_model, load_checkpoint, save_checkpoint
+from asc.runs import DATASET_FILE, FEATURES_FILE, build_model, load_checkpoint, save_checkpoint
 from asc.train import data as tdata
 from asc.train.recipe import resume_mismatch
 from asc.train.schedule import keras_decay, learning_rate
@@ -234,10 +234,14 @@ class Trainer:
         recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
         self._prepare_run_dir()
         seed_everything(recipe["seed"])
-        task = self._task = tdata.subsets_for(tdata.load_task_data(recipe), recipe)
+        task = self._task = tdata.subsets_for(tdata.load_task_data(recipe), recipe,
+                                              log=(lambda m: print(m, flush=True)) if ctx.main else None)
         if ctx.main and task.feature_config is not None:
             # what predictions on new audio must compute, whatever becomes of the cache or the YAML
             atomic_write_text(self.run_dir / FEATURES_FILE, dump_yaml(task.feature_config))
+        if ctx.main and task.description is not None:
+            # what the run was trained on: classes, devices and groups, clip length, synthetic or not
+            atomic_write_json(self.run_dir / DATASET_FILE, task.description.to_dict())
         spec = {"name": recipe["model"]["name"], "num_classes": task.num_classes,
                 "in_channels": task.in_channels, "norm": recipe["norm"], "params": recipe["model"]["params"],
                 "classes": list(task.class_names)}

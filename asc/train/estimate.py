@@ -21,9 +21,10 @@ _REPORT_S = 4.0
 
 def _split_sizes(recipe: Mapping) -> dict[str, int]:
     from asc.features.cache import read_manifest
+    from asc.tasks import SceneTask
 
     data = recipe["data"]
-    clips = read_manifest(data["cache_dir"])["clips"]
+    clips = read_manifest(SceneTask.cache_dir(recipe, "recipe"))["clips"]
     return {split: sum(1 for c in clips if c.get("split") == split)
             for split in (data["train_split"], data["eval_split"])}
 
@@ -33,21 +34,26 @@ def estimate(recipe: Mapping, device: str = "cpu") -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
+    from asc.data.description import description_of
     from asc.eval.inference import infer
-    from asc.features.logmel import feature_shape, load_feature_config
+    from asc.features.cache import read_manifest
     from asc.runs import build_model
+    from asc.train.data import clip_augment
 
-    tr, aug = recipe["train"], recipe["augment"]
+    tr = recipe["train"]
     sizes = _split_sizes(recipe)
     n_train, n_eval = sizes[recipe["data"]["train_split"]], sizes[recipe["data"]["eval_split"]]
-    c, f, t = feature_shape(load_feature_config(recipe["features"]))
+    manifest = read_manifest(recipe["data"]["cache_dir"])
+    c, f, t = (int(v) for v in manifest["shape"])
+    classes = len(description_of(manifest["dataset"], recipe["data"]["cache_dir"]).classes)
+    aug = clip_augment(recipe["augment"], t)
     crop = min(aug["crop_frames"] or t, t)
     batch = min(tr["batch_size"], max(n_train, 2))
-    model = build_model({"name": recipe["model"]["name"], "num_classes": 10, "in_channels": c,
+    model = build_model({"name": recipe["model"]["name"], "num_classes": classes, "in_channels": c,
                          "norm": recipe["norm"], "params": recipe["model"]["params"]}).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(batch, c, f, crop, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
     step_s = []
     for _ in range(2):  # the first step pays for warm-up
         t0 = time.perf_counter()

@@ -50,6 +50,9 @@ SCHEMA: dict[str, Any] = {
     "profile": Field(str, DEFAULT_PROFILE),
     "data": {
         "cache": Field(str, "cache", help="root folder of feature caches (dcase)"),
+        "cache_dir": Field(str, None, nullable=True,
+                           help="the feature cache itself (default: found under data.cache by the feature "
+                                "config)"),
         "root": Field(str, None, nullable=True, help="dataset folder (cifar100)"),
         "train_split": Field(str, "train"),
         "eval_split": Field(str, "evaluate"),
@@ -95,6 +98,9 @@ SCHEMA: dict[str, Any] = {
     },
     "augment": {
         "crop_frames": Field(int, None, nullable=True, min=1),
+        "reference_frames": Field(int, None, nullable=True, min=1,
+                                  help="the time axis (frames) crop_frames and time_mask_width are written "
+                                       "for; clips of another length scale both (null: used as written)"),
         "mixup_alpha": Field(float, 0.0, min=0.0),
         "freq_masks": Field(int, 0, min=0),
         "freq_mask_width": Field(int, 13, min=1),
@@ -244,11 +250,19 @@ def resolve(cfg: dict, base: Path, origins: Mapping[tuple, Origin] | None = None
         if not cfg["features"]:
             raise ConfigError(f"{describe(('features',), origins, source)}: a feature config is required for "
                               "task dcase (e.g. features: ../../features/logmel128_deltas.yaml)")
+        from asc.errors import DataError
         from asc.features.cache import cache_path
 
         out["features"] = _config_file(cfg, "features", origins, source, "feature config")
         data["cache"] = _resolve_path(cfg["data"]["cache"], _path_base(origins, ("data", "cache"))[0])
-        data["cache_dir"] = str(cache_path(data["cache"], out["features"]))
+        if cfg["data"]["cache_dir"]:
+            data["cache_dir"] = _resolve_path(cfg["data"]["cache_dir"],
+                                              _path_base(origins, ("data", "cache_dir"))[0])
+        else:
+            try:  # a config that takes the clip length from the data is found among the caches made with it
+                data["cache_dir"] = str(cache_path(data["cache"], out["features"]))
+            except DataError:
+                data["cache_dir"] = None  # training says why (`load_task_data`)
     else:
         if not cfg["data"]["root"]:
             raise ConfigError(f"{describe(('data', 'root'), origins, source)}: the CIFAR-100 folder is "
