@@ -58,7 +58,7 @@ class Predictor:
         from asc.predict import Predictor
         predictor = Predictor.from_run("exp/dcase2020_quick/fcnn_quick_l2bn_seed0")
         result = predictor.predict("recording.wav")
-        print(result.scene, result.probabilities["park"])
+        print(result.scene, max(result.probabilities.values()))
         results = predictor.predict_many(["a.wav", "b.flac"])
     """
 

@@ -92,10 +92,10 @@ def run(data: Path, out: Path, cfg: dict | None = None, **kw):
 
 def snapshot(cache_dir: Path) -> dict:
     """Every file of a cache (arrays as arrays), the manifest without its timestamp and the command
-    that made it (a CLI run records one, an API run none)."""
+    that made it (a CLI run records one, an API run none), and without the CLI's note of its source."""
     out = {}
     for path in sorted(cache_dir.rglob("*")):
-        if path.is_dir():
+        if path.is_dir() or path.name == "source.json":
             continue
         rel = str(path.relative_to(cache_dir))
         if path.suffix == ".npy":
@@ -103,6 +103,7 @@ def snapshot(cache_dir: Path) -> dict:
         elif path.name == "manifest.json":
             m = json.loads(path.read_text())
             m.pop("created")
+            m["dataset"] = {k: m["dataset"][k] for k in ("root", "synthetic")}  # the CLI adds the description
             m.pop("command")
             out[rel] = m
         else:
@@ -156,10 +157,15 @@ def test_layout_manifest_and_values(data, tmp_path):
 
 def test_cache_path_is_keyed_by_config(tmp_path):
     paper = ROOT / "features" / "logmel128_deltas.yaml"
-    path = cache_path(tmp_path, paper)
+    path = cache_path(tmp_path, paper, duration=10.0)  # the config takes the clip length from the data
     assert path.parent == tmp_path and path.name.startswith("logmel128_deltas-") and len(path.name) == 17 + 12
-    assert cache_path(tmp_path, ROOT / "features" / "logmel256.yaml") != path
-    assert cache_path(tmp_path, {}, name="logmel128_deltas") == path  # defaults == the paper's settings
+    assert cache_path(tmp_path, ROOT / "features" / "logmel256.yaml", duration=10.0) != path
+    assert cache_path(tmp_path, ROOT / "features" / "logmel128_deltas.yaml", duration=1.0) != path
+    # defaults == the paper's settings, and the hash of caches made when configs said `duration: 10.0`
+    assert cache_path(tmp_path, {"duration": 10.0}, name="logmel128_deltas") == path
+    assert path.name == "logmel128_deltas-8f31758858f1"
+    with pytest.raises(DataError, match="no feature cache of logmel128_deltas"):
+        cache_path(tmp_path, paper)  # nothing extracted yet: nothing to find
 
 
 def test_rerun_is_a_no_op(data, tmp_path):

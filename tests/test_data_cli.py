@@ -79,7 +79,8 @@ def test_check_broken_metadata_is_one_line(tmp_path, capsys):
 def test_check_real_metadata_without_audio(tau2020_meta_dir, capsys):
     assert main(["data", "check", str(tau2020_meta_dir), "--audio", "none"]) == 1
     out = capsys.readouterr().out
-    assert "TAU 2020 Mobile (v2)" in out and "problem: 23035 of 23035 audio files" in out
+    assert "TAU Urban Acoustic Scenes 2020 Mobile (v2)" in out
+    assert "problem: 23035 of 23035 audio files" in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
     assert lines["train"] == ["10215", "749", "748", "750", "750", "750", "0", "0", "0", "13962"]
     assert lines["evaluate"][-1] == "2968"

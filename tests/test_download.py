@@ -349,7 +349,10 @@ def test_download_parser_sets(capsys):
     parser = build_parser()
     assert parser.parse_args(["data", "download", "--to", "d"]).dataset == "dev"
     for name in DATASETS:                       # every set in the table is selectable
-        assert parser.parse_args(["data", "download", "--set", name, "--to", "d"]).dataset == name
+        reader, _, which = name.rpartition("-")
+        args = parser.parse_args(["data", "download", *(["--dataset", reader] if reader else []),
+                                  "--set", which, "--to", "d"])
+        assert (args.reader, args.dataset) == (reader or "tau2020", which)
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["data", "download", "--set", "nonsense", "--to", "d"])
     assert exc.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err

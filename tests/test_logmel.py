@@ -10,6 +10,7 @@ import pytest
 from asc.errors import ConfigError
 from asc.features.logmel import (
     LogMelExtractor,
+    bind_duration,
     deltas,
     feature_hash,
     feature_shape,
@@ -52,7 +53,7 @@ def _librosa_reference(y: np.ndarray, cfg: dict) -> np.ndarray:
 
 
 def test_unscaled_config_matches_librosa_on_a_10s_clip():
-    cfg = load_feature_config(ROOT / "features" / "logmel128_deltas_unscaled.yaml")
+    cfg = bind_duration(load_feature_config(ROOT / "features" / "logmel128_deltas_unscaled.yaml"), 10.0)
     assert cfg["pad_mode"] == "constant" and cfg["scaling"] == "none"
     y = _scene_like(10.0)
     ours = LogMelExtractor(cfg).numpy(y)
@@ -158,7 +159,11 @@ def test_shipped_configs_load_with_distinct_hashes():
     assert len(configs) >= 2
     hashes = {feature_hash(load_feature_config(p)) for p in configs}
     assert len(hashes) == len(configs)
-    assert feature_shape(load_feature_config(ROOT / "features" / "logmel256.yaml")) == (1, 256, 431)
+    assert all(load_feature_config(p)["duration"] is None for p in configs)  # the data's clip length
+    assert feature_shape(bind_duration(load_feature_config(ROOT / "features" / "logmel256.yaml"), 10.0)) \
+        == (1, 256, 431)
+    one_second = bind_duration(load_feature_config(ROOT / "features" / "logmel128_deltas.yaml"), 1.0)
+    assert feature_shape(one_second) == (3, 128, 36)  # TAU 2022: 44 frames, 36 after the deltas' edges
 
 
 def test_hash_ignores_spelling_and_storage_but_not_values():

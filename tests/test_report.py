@@ -234,12 +234,15 @@ def test_predictions_file_keeps_full_precision_so_log_loss_recomputes_exactly(tm
     assert log_loss(labels, from_file) == log_loss(labels, softmax(logits))
 
 
-def test_devices_default_to_tau2020_and_can_be_absent():
+def test_devices_come_from_the_description_and_can_be_absent():
     from asc.data.tau2020 import DEVICE_GROUPS
     from asc.data.tau2020 import DEVICES as TAU_DEVICES
 
     logits, labels, devices = _example()
-    report = build_report(logits, labels, devices, SCENES)
+    report = build_report(logits, labels, devices, SCENES, device_order=list(TAU_DEVICES),
+                          device_groups=DEVICE_GROUPS)
+    # without an order, the devices the clips name, as they come
+    assert list(build_report(logits, labels, devices, SCENES)["per_device"]) == list(dict.fromkeys(devices))
     assert list(report["per_device"]) == list(TAU_DEVICES)
     assert report["device_group_members"] == {k: list(v) for k, v in DEVICE_GROUPS.items()}
     assert report["device_groups"]["unseen"]["n"] == 2

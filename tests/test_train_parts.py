@@ -103,7 +103,7 @@ def test_recipes_load_with_profiles_and_overrides():
         assert paper["train"]["epochs"] == (126 if name == "resnet17" else 254)
         assert quick["norm"] == "l2bn" and quick["seed"] == 4 and quick["train"]["epochs"] < 20
         assert quick["model"]["params"]["width_mult"] < 1
-        assert Path(quick["data"]["cache_dir"]).parent == Path(quick["data"]["cache"]) == ROOT / "cache"
+        assert Path(quick["data"]["cache"]) == ROOT / "cache"  # the cache itself is found there by its source
         # as published: Keras SGD(decay=1e-6) in the ResNet and FCNN scripts, none in fsFCNN's;
         # float32 training unless bf16 autocast is asked for; the published [0, 1] reflect-padded features
         assert paper["train"]["lr_decay"] == (0.0 if name == "fsfcnn" else 1e-6)

@@ -107,16 +107,17 @@ def stable_fraction(key: str) -> float:
 
 
 def stratified_split(keys_by_class: dict[str, list[str]], evaluate_fraction: float) -> dict[str, str]:
-    """key -> "train" / "evaluate": per class, the keys of lowest `stable_fraction` go to evaluate
-    (round(fraction * n), at least one when the class has two or more clips, never all)."""
+    """key -> "train" / "evaluate": a key goes to evaluate when its `stable_fraction` is below the
+    fraction, so adding files never moves another; a class of two or more clips keeps at least one in
+    each split (its lowest key to evaluate, its highest to train)."""
     out: dict[str, str] = {}
     for keys in keys_by_class.values():
         ordered = sorted(keys, key=lambda k: (stable_fraction(k), k))
-        n_eval = int(round(evaluate_fraction * len(ordered)))
+        for key in ordered:
+            out[key] = "evaluate" if stable_fraction(key) < evaluate_fraction else "train"
         if len(ordered) >= 2:
-            n_eval = min(max(n_eval, 1), len(ordered) - 1)
-        else:
-            n_eval = 0
-        for i, key in enumerate(ordered):
-            out[key] = "evaluate" if i < n_eval else "train"
+            out[ordered[0]] = "evaluate"
+            out[ordered[-1]] = "train"
+        elif ordered:
+            out[ordered[0]] = "train"
     return out

@@ -157,7 +157,7 @@ def load_folder(root: str | os.PathLike, *, check_audio: bool = True, allow_miss
                                 f"{old.label!r}")
             entries[rel] = _Entry(rel, old.label, row.get("device") or None,
                                   _split_value(meta, line, row.get("split", "")), f"{meta}:{line}")
-    return _build(root, "folder", f"folder dataset {root.name}", list(entries.values()), classes,
+    return _build(root, "folder", f"{root.resolve().name} (folder dataset)", list(entries.values()), classes,
                   check_audio=check_audio, allow_missing=allow_missing)
 
 
@@ -184,7 +184,7 @@ def load_csv(path: str | os.PathLike, *, check_audio: bool = True, allow_missing
     if not entries:
         raise DataError(f"{path}: no rows below the header")
     classes = sorted({e.label for e in entries.values() if e.label})
-    return _build(path.parent, "csv", f"CSV dataset {path.stem}", list(entries.values()), classes,
+    return _build(path.parent, "csv", f"{path.stem} (CSV dataset)", list(entries.values()), classes,
                   check_audio=check_audio, allow_missing=allow_missing, source=path)
 
 
@@ -233,8 +233,8 @@ def _build(root: Path, name: str, title: str, entries: list[_Entry], classes: li
         for e in entries:
             by_class.setdefault(e.label or "", []).append(e.file)
         splits = stratified_split(by_class, EVALUATE_FRACTION)
-        split_rule = (f"stratified: per class, {EVALUATE_FRACTION:.0%} of the files to evaluate, chosen by "
-                      "the SHA-256 of each file name (the same split on every run)")
+        split_rule = (f"stratified: per class, about {EVALUATE_FRACTION:.0%} of the files to evaluate, "
+                      "chosen by the SHA-256 of each file name (the same split on every run)")
     train_counts = Counter(e.label for e in entries if splits[e.file] == "train")
     for label in classes:
         if not train_counts.get(label):

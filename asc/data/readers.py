@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from asc.data.clips import AudioDataset
@@ -92,4 +93,7 @@ def load_dataset(path: str | os.PathLike, reader: str | None = None, **options) 
     name = reader or detect_reader(path)
     if name not in READERS:
         raise DataError(f"--dataset {name}: unknown dataset reader; choose one of {', '.join(READERS)}")
-    return READERS[name](path, **options)
+    dataset = READERS[name](path, **options)
+    if dataset.description.root:  # reports name where the data is, from any folder
+        dataset.description = replace(dataset.description, root=str(Path(dataset.description.root).resolve()))
+    return dataset

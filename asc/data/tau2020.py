@@ -346,8 +346,13 @@ def load_tau_layout(root: str | os.PathLike, layout: TauLayout, *, allow_missing
     version = _detect_version(order, synthetic, layout.versions)
     if train_subset is not None:
         version = f"{version}, training subset {Path(train_subset).name}"
+    duration = layout.duration
+    if synthetic and info:  # a synthetic set may be built with clips of another length (--duration)
+        stated = info.get("clip_s") or info.get("duration_s")
+        if isinstance(stated, (int, float)) and not isinstance(stated, bool) and stated > 0:
+            duration = float(stated)
     description = describe_tau2020(root=str(root), synthetic=synthetic, version=version, title=layout.title,
-                                   name=layout.name, duration=layout.duration)
+                                   name=layout.name, duration=duration)
     return AudioDataset(root=root, clips=clips, description=description, missing=missing,
                         synthetic_info=info)
 

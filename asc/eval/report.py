@@ -112,9 +112,8 @@ def build_report(logits: np.ndarray, labels: Sequence[int] | np.ndarray, devices
     if not has_devices:
         device_order, device_groups = [], {}
     else:
-        seen = list(dict.fromkeys(devices))
-        device_order = [d for d in (device_order or []) if d in seen] + \
-            [d for d in seen if d not in (device_order or [])]
+        order = list(device_order or [])  # the dataset's devices, each listed even when absent here
+        device_order = order + [d for d in dict.fromkeys(devices) if d not in order]
         device_groups = dict(device_groups or {})
 
     dataset = dict(dataset or {})
@@ -344,7 +343,9 @@ def _device_figure(report: Mapping, suptitle: str):
     names = [d for d, s in report["per_device"].items() if s["n"]]
     values = [100 * report["per_device"][d]["accuracy"] for d in names]
     groups = report.get("device_groups") or {}
-    palette = {"real": "tab:blue", "seen_simulated": "tab:orange", "unseen": "tab:red"}
+    # one colour per device group, in the order the dataset lists its groups
+    cycle = ("tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple", "tab:brown")
+    palette = {g: cycle[i % len(cycle)] for i, g in enumerate(_group_members(report))}
     colour = {}
     for gname, members in _group_members(report).items():
         for d in members:

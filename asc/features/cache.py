@@ -66,23 +66,31 @@ def cache_path(cache_root: str | os.PathLike, feature_config: str | os.PathLike 
     return Path(cache_root) / f"{stem}-{feature_hash(cfg)}"
 
 
+def check_source(cache_dir: Path, dataset: Mapping) -> None:
+    """Refuse a folder that holds another dataset's features: one cache folder never mixes two datasets
+    (the same feature config on two datasets would otherwise replace one with the other)."""
+    before = (_read_source(cache_dir) or {}).get("dataset") or {}
+    if not before and (cache_dir / MANIFEST).is_file():
+        with contextlib.suppress(DataError):
+            before = dict(read_manifest(cache_dir)["dataset"])
+            before.setdefault("name", (before.get("description") or {}).get("name", "tau2020"))
+    if before.get("root") and (str(before.get("root")), before.get("name")) != \
+            (str(dataset.get("root")), dataset.get("name")):
+        raise DataError(f"{cache_dir}: holds the features of another dataset ({before.get('name')} at "
+                        f"{before.get('root')}); extract {dataset.get('root')} into another --out, or remove "
+                        "this folder first")
+
+
 def write_source(cache_dir: Path, requested: Mapping, dataset: Mapping) -> None:
-    """Record what a cache was extracted from (the config as written, the dataset), refusing a folder
-    that already holds another dataset's features: one cache folder never mixes two datasets."""
-    path = cache_dir / SOURCE_FILE
+    """Record what a cache is extracted from, before its shards: the config as written (how a config
+    that takes the clip length from the data finds its cache, also for --merge) and the dataset."""
+    from asc import fileio
+
     entry = {"requested_hash": feature_hash(requested), "duration": requested.get("duration"),
              "dataset": dict(dataset)}
-    old = _read_source(cache_dir)
-    if old is not None:
-        before, now = old.get("dataset") or {}, entry["dataset"]
-        same = (before.get("root"), before.get("name")) == (now.get("root"), now.get("name"))
-        if before.get("root") and not same:
-            raise DataError(f"{cache_dir}: holds the features of another dataset ({before.get('name')} at "
-                            f"{before.get('root')}); extract {now.get('root')} into another --out, or remove "
-                            "this folder first")
-        if old == entry:
-            return
-    atomic_write_json(path, entry)
+    if _read_source(cache_dir) != entry:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fileio.atomic_write_json(cache_dir / SOURCE_FILE, entry)
 
 
 def _read_source(cache_dir: Path) -> dict | None:
@@ -93,6 +101,21 @@ def _read_source(cache_dir: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _legacy_source(folder: Path) -> dict | None:
+    """What source.json would say of a finished cache written without one: its manifest's config with
+    the clip length left to the data, and its dataset."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(folder)
+    except DataError:
+        return None
+    requested = {**manifest["feature_config"], "duration": None}
+    dataset = manifest["dataset"]
+    return {"requested_hash": feature_hash(requested), "dataset": {
+        "name": (dataset.get("description") or {}).get("name", "tau2020"), "root": dataset.get("root")}}
+
+
 def find_cache(cache_root: str | os.PathLike, cfg: Mapping, stem: str) -> Path:
     """The one cache under `cache_root` extracted with the config `cfg` as written (clip length from
     the dataset); DataError naming the choices when there are none or several (several datasets)."""
@@ -101,6 +124,8 @@ def find_cache(cache_root: str | os.PathLike, cfg: Mapping, stem: str) -> Path:
     found = []
     for folder in sorted(root.glob(f"{stem}-*")) if root.is_dir() else []:
         source = _read_source(folder)
+        if source is None:
+            source = _legacy_source(folder)  # a cache written before source.json existed
         if source is not None and source.get("requested_hash") == want and (folder / MANIFEST).is_file():
             found.append((folder, source))
     if len(found) == 1:

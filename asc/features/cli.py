@@ -207,7 +207,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
     from asc.data.clips import SPLITS
     from asc.data.readers import load_dataset
-    from asc.features.cache import write_source
+    from asc.features.cache import check_source, write_source
     from asc.features.logmel import bind_duration
 
     splits = None
@@ -226,8 +226,9 @@ def run_extract(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data}: no clips{' in splits ' + ','.join(splits) if splits else ''}")
     if not args.skip_bad:  # with --skip-bad they end up in the manifest's `skipped`
         _require_audio_files(dataset, clips)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    write_source(cache_dir, requested, {"name": described.name, "root": str(Path(args.data).resolve())})
+    source = {"name": described.name, "root": str(Path(args.data).resolve())}
+    check_source(cache_dir, source)
+    write_source(cache_dir, requested, source)
     result = extract(clips, cfg, cache_dir, name=stem, dataset_root=str(Path(args.data).resolve()),
                      synthetic=dataset.synthetic, workers=args.workers, device=args.device,
                      skip_bad=args.skip_bad, pad_short=args.pad_short, verify=args.verify,
