@@ -69,11 +69,48 @@ def test_stage_scripts_refuse_bad_options_before_any_stage(tmp_path):
     assert res.returncode == 2 and "unknown norm 'xx'" in res.stderr
 
 
-def test_run_dcase_refuses_a_data_folder_that_is_not_tau(tmp_path):
+def test_run_dcase_refuses_a_data_folder_that_is_not_a_dataset(tmp_path):
     res = _run(["recipes/run_dcase.sh", "--data", str(tmp_path), "--stop-stage", "0"])
     assert res.returncode == 2
-    assert f"--data {tmp_path}: no meta.csv" in res.stderr
+    assert f"{tmp_path}: not a dataset: no meta.csv or evaluation_setup/" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "audio").exists()
+
+
+def _quick(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return _run(["recipes/run_dcase.sh", "--preset", "tiny", "--cache", str(tmp_path / "cache"),
+                 "--exp", str(tmp_path / "exp"), "--nj", "1", "--models", "fcnn", "--jobs", "2",
+                 "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", *args])
+
+
+def test_run_dcase_on_a_synthetic_tau2022_set_of_one_second_clips(tmp_path):
+    """--dataset tau2022: the shipped features take the data's 1-s length, crops scale to 36 frames, and
+    every stage runs; the reports name TAU 2022 and its devices."""
+    res = _quick(tmp_path, "--dataset", "tau2022", "--synth", str(tmp_path / "data"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "comparison report:" in res.stdout and "| fcnn | l2bn |" in res.stdout
+    run = tmp_path / "exp" / "fcnn_quick_l2bn_seed0"
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["dataset"]["name"] == "synthetic TAU Urban Acoustic Scenes 2022 Mobile"
+    assert report["model"]["input_shape"] == [3, 128, 36] and "s4" in report["per_device"]
+    assert json.loads((run / "dataset.json").read_text())["duration"] == 1.0
+    log = (tmp_path / "exp" / "logs" / "fcnn_quick_l2bn_seed0.train.log").read_text()
+    assert "crop_frames 200 -> 17" in log
+
+
+def test_run_dcase_on_a_folder_dataset_of_its_own_classes(tmp_path):
+    """--data DIR of class subfolders: the reports name its classes and have no device tables."""
+    from asc.data.synth import FOLDER_CLASSES, synthesize
+
+    synthesize(tmp_path / "sounds", preset="tiny", duration=2.0, workers=1, layout="folder")
+    res = _quick(tmp_path, "--data", str(tmp_path / "sounds"), "--set", "train.val_clips=null")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((tmp_path / "exp" / "fcnn_quick_bn_seed0" / "report" / "report.json").read_text())
+    assert report["labels"] == sorted(FOLDER_CLASSES.values()) and report["per_device"] == {}
+    page = (tmp_path / "exp" / "fcnn_quick_bn_seed0" / "report" / "report.md").read_text()
+    assert "## Per class" in page and "Per device" not in page and "departure_hall" in page
+    compare = (tmp_path / "exp" / "compare" / "compare.md").read_text()
+    assert "Accuracy per device" not in compare and "unseen" not in compare
 
 
 def test_run_cifar_quick_on_tiny_synthetic_set(tmp_path):
