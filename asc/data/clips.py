@@ -99,6 +99,18 @@ class AudioDataset:
         return len(self.clips)
 
 
+def read_metadata_text(path: Path) -> str:
+    """A metadata file's text (a BOM dropped); one-line DataErrors naming the file otherwise."""
+    from asc.errors import DataError
+
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
 def stable_fraction(key: str) -> float:
     """A number in [0, 1) fixed by `key` alone: the same file lands in the same split on every machine
     and in every re-run, and adding files never moves the others."""

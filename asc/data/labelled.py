@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from asc.data.clips import SPLITS, AudioDataset, Clip, stratified_split
+from asc.data.clips import SPLITS, AudioDataset, Clip, read_metadata_text, stratified_split
 from asc.data.description import DatasetDescription
 from asc.errors import DataError
 
@@ -48,12 +48,7 @@ class _Entry:
 
 def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and rows ((line, values)) of a comma- or tab-separated file with one header line."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    text = read_metadata_text(path)
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:

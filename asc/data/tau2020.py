@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from asc.data.clips import SPLITS, AudioDataset, Clip
+from asc.data.clips import SPLITS, AudioDataset, Clip, read_metadata_text
 from asc.data.description import DatasetDescription
 from asc.errors import DataError
 
@@ -87,12 +87,7 @@ class _Row:
 
 def _read_table(path: Path, columns: tuple[str, ...], required: tuple[str, ...]) -> list[_Row]:
     """Rows of a tab-separated file as dicts; header optional (then `columns` in order)."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    text = read_metadata_text(path)
     lines = [(i + 1, line.strip()) for i, line in enumerate(text.splitlines())]
     lines = [(n, line) for n, line in lines if line]
     if not lines:
