@@ -26,6 +26,141 @@ from asc.errors import AscError
 FORMAT = "asc-checkpoint/1"
 FEATURES_FILE = "features.yaml"
 DATASET_FILE = "dataset.json"
+LOCK_FILE = ".training.lock"
+
+
+class RunFolder:
+    """A run folder as one object: its paths, its lock, its status and its per-epoch metrics. Training,
+    evaluation, compare and the stage scripts all reach the folder through it."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    # paths
+    @property
+    def recipe(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def env(self) -> Path:
+        return self.path / "env.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def completed(self) -> Path:
+        return self.path / "COMPLETED"
+
+    @property
+    def features(self) -> Path:
+        return self.path / FEATURES_FILE
+
+    @property
+    def dataset(self) -> Path:
+        return self.path / DATASET_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def checkpoint(self, which: str = "last") -> Path:
+        return self.path / "checkpoints" / f"{which}.pt"
+
+    def report_dir(self, name: str = "report") -> Path:
+        return self.path / name
+
+    # status
+    @property
+    def is_complete(self) -> bool:
+        return self.completed.is_file()
+
+    def holder(self) -> str | None:
+        """'process N on HOST' while a live process holds the folder's lock, else None. The lock is an
+        advisory file lock (flock): the kernel drops it when its process dies, so a stale lock needs no
+        clean-up and two processes can never both hold it."""
+        import fcntl
+        import socket
+
+        if not self.lock.is_file():
+            return None
+        try:
+            fd = os.open(self.lock, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = self.lock.read_text(encoding="utf-8", errors="replace").split()
+                who = f"process {text[0]} on {text[1]}" if len(text) >= 2 else "another process"
+                mine = self._lock_fd is not None or (text[:2] == [str(os.getpid()), socket.gethostname()])
+                return None if mine else who
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def take_lock(self) -> None:
+        """Claim the folder for this process, atomically (flock on a file that is never deleted)."""
+        import fcntl
+        import socket
+
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AscError(f"{self.path}: {self.holder() or 'another process'} is training in this folder; "
+                           "wait for it or stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    # metrics
+    def read_metrics(self, warn: bool = True) -> list[dict]:
+        """Per-epoch records; a torn or malformed line (a crash mid-write of an older version, an edit)
+        is dropped with a one-line notice rather than stopping a resume or a report."""
+        import json
+        import sys
+
+        if not self.metrics.is_file():
+            return []
+        rows = []
+        text = self.metrics.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                row = None
+                why = exc.msg
+            else:
+                why = "not a JSON object with an integer epoch"
+            epoch = row.get("epoch") if isinstance(row, dict) else None
+            if isinstance(epoch, int) and not isinstance(epoch, bool):
+                rows.append(row)
+            elif warn:
+                print(f"warning: {self.metrics}:{number}: dropped a malformed line ({why})", file=sys.stderr)
+        return rows
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        import json
+
+        from asc.fileio import atomic_write_text
+
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

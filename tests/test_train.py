@@ -138,9 +138,9 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny):
 def test_ddp_two_processes_match_one_process_with_same_global_batch(tiny):
     one = tiny["base"] / "run_single"
     two = tiny["base"] / "run_ddp"
-    # dropout off: each process draws masks for its own samples, so only models without it match exactly.
+    # dropout on (the recipe's): its masks are drawn for the global batch and sliced per process.
     # One epoch (7 steps): rounding differences of 1e-7 can later flip a max-pool or ReLU and grow.
-    common = ["--set", "train.epochs=1", "--device", "cpu", "--set", "model_params.dropout=0.0"]
+    common = ["--set", "train.epochs=1", "--device", "cpu"]
     # synchronized L2BN statistics: the same global batch of 8, whole, in one process
     subprocess.run(_train_cmd(tiny["recipe"], one, *common), env=_env(), check=True, capture_output=True,
                    timeout=600)
@@ -152,6 +152,9 @@ def test_ddp_two_processes_match_one_process_with_same_global_batch(tiny):
     a = load_checkpoint(one / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(two / "checkpoints" / "last.pt")["model"]
     assert any(k.endswith("running_var") for k in a)
+    from asc.train.recipe import load_recipe
+
+    assert load_recipe(tiny["recipe"])["model"]["params"]["dropout"] == 0.3  # the recipe trains with dropout
     for name in a:  # weights and running statistics
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
 

@@ -41,6 +41,7 @@ from asc.models.common import (
     relu_after,
     scaled_width,
 )
+from asc.models.dropout import GlobalDropout
 from asc.models.registry import register_model
 
 
@@ -106,7 +107,7 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, conv: nn.Conv2d, norm: nn.Module, dropout: float) -> None:
         layers = [conv, norm, relu_after(norm)]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(GlobalDropout(dropout))
         super().__init__(*layers)
 
 

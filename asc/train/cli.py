@@ -7,7 +7,8 @@ import argparse
 EXAMPLE = """examples:
   asc train --recipe recipes/dcase2020/resnet17.yaml --profile quick --norm l2bn --seed 0
   asc train --recipe recipes/dcase2020/fcnn.yaml --set train.epochs=30 --set data.cache=/data/cache
-  asc train --recipe recipes/dcase2020/resnet17.yaml --out runs/r17 --resume
+  asc train --out runs/r17 --resume                          # the run's own recipe and options
+  asc train --out runs/r17 --resume --set train.epochs=30    # extend a run (SGDR goes on with its cycles)
   torchrun --nproc_per_node 4 -m asc train --recipe recipes/dcase2020/fsfcnn.yaml   # 4 GPUs
 """
 
@@ -17,10 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a registered model on cached features (or CIFAR-100) with a "
                                    "recipe; checkpoints every epoch and resumes with --resume.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", required=True, help="recipe YAML, e.g. recipes/dcase2020/resnet17.yaml")
+    p.add_argument("--recipe", help="recipe YAML, e.g. recipes/dcase2020/resnet17.yaml (with --resume: "
+                                   "optional, the run folder holds its recipe)")
     p.add_argument("--profile", help="recipe profile: paper (default) or one the recipe defines, e.g. quick")
-    p.add_argument("--norm", help="norm kind for every norm layer (bn, l2bn, lnbn, inbn, pnbn, ln, in, gn4, "
-                                  "gn8, none)")
+    from asc.norm_kinds import NORM_KINDS
+
+    p.add_argument("--norm", help=f"norm kind for every norm layer ({', '.join(NORM_KINDS)})")
     p.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
     p.add_argument("--out", help="run directory (default: RUNS/<name>_<profile>_<norm>_seed<seed>)")
     p.add_argument("--runs", default="runs", help="parent of default run directories (default: runs)")
@@ -36,12 +39,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    from pathlib import Path
 
+    from asc.errors import AscError
     from asc.train.engine import train
-    from asc.train.recipe import load_recipe, run_name
+    from asc.train.recipe import load_recipe, resume_recipe, run_name
 
-    recipe = load_recipe(args.recipe, profile=args.profile, overrides=args.overrides, norm=args.norm,
-                         seed=args.seed)
+    if args.resume and args.out and (Path(args.out) / "recipe.yaml").is_file():
+        recipe = resume_recipe(args.out, args.recipe, profile=args.profile, overrides=args.overrides,
+                               norm=args.norm, seed=args.seed)
+    elif args.recipe is None:
+        hint = f" ({args.out} holds no recipe.yaml to resume)" if args.resume and args.out else ""
+        raise AscError(f"--recipe YAML is required{hint}; e.g. asc train --recipe "
+                       "recipes/dcase2020/fcnn.yaml")
+    else:
+        recipe = load_recipe(args.recipe, profile=args.profile, overrides=args.overrides, norm=args.norm,
+                             seed=args.seed)
     if args.estimate:
         import json
 

@@ -33,10 +33,11 @@ from asc.config import dump_yaml, load_yaml
 from asc.errors import AscError
 from asc.eval.inference import infer
 from asc.fileio import atomic_write_json, atomic_write_text
+from asc.models.dropout import global_batch_rows
 from asc.progress import progress
-from asc.runs import DATASET_FILE, FEATURES_FILE, build_model, load_checkpoint, save_checkpoint
+from asc.runs import DATASET_FILE, FEATURES_FILE, RunFolder, build_model, load_checkpoint, save_checkpoint
 from asc.train import data as tdata
-from asc.train.recipe import resume_mismatch
+from asc.train.recipe import EXTENDABLE_KEYS, resume_mismatch
 from asc.train.schedule import keras_decay, learning_rate
 
 
@@ -159,17 +160,12 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class Trainer:
     def __init__(self, recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False,
                  device: str | None = None) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.ctx = setup_distributed(device)
         self.resume = resume
         tr = recipe["train"]
@@ -186,21 +182,21 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _prepare_run_dir(self) -> int:
         """Create or validate the run directory; returns the first epoch to train."""
-        ckpt_path = self.run_dir / "checkpoints" / "last.pt"
-        saved_recipe = self.run_dir / "recipe.yaml"
+        folder = self.folder
+        ckpt_path, saved_recipe = folder.checkpoint("last"), folder.recipe
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise AscError(f"{self.run_dir}: exists and is not a folder; choose another --out")
-        holder = run_lock_holder(self.run_dir)
+        holder = folder.holder()
         if holder:
             raise AscError(f"{self.run_dir}: {holder} is training in this folder; wait for it or stop it, "
-                           f"or choose another --out (if that process is gone, delete {LOCK} there)")
+                           "or choose another --out")
         fresh_start = False
         if ckpt_path.exists():
             if not self.resume:
                 raise AscError(f"{self.run_dir} already holds a run; pass --resume to continue it or "
                                "choose another --out")
             if saved_recipe.exists():
-                diff = resume_mismatch(load_yaml(saved_recipe), self.recipe)
+                diff = resume_mismatch(load_yaml(saved_recipe), self.recipe, ignore=EXTENDABLE_KEYS)
                 if diff:
                     raise AscError(f"{saved_recipe}: the recipe differs from the run being resumed at "
                                    f"{diff}; resume with the same recipe and options or use a new --out")
@@ -214,13 +210,13 @@ class Trainer:
             if fresh_start:
                 print(f"{self.run_dir}: no checkpoint yet from an earlier attempt; starting afresh",
                       flush=True)
-                for stale in ("COMPLETED", "metrics.jsonl"):
-                    (self.run_dir / stale).unlink(missing_ok=True)
+                for stale in (folder.completed, folder.metrics):
+                    stale.unlink(missing_ok=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            take_run_lock(self.run_dir)
-            atomic_write_text(self.run_dir / "recipe.yaml", dump_yaml(self.recipe))
+            folder.take_lock()
+            atomic_write_text(folder.recipe, dump_yaml(self.recipe))
             env = {**environment(self.ctx), "precision": self.precision}
-            atomic_write_json(self.run_dir / "env.json", env)
+            atomic_write_json(folder.env, env)
         return 0
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -248,7 +244,7 @@ class Trainer:
         model = self._wrap(build_model(spec))
         optimizer = make_optimizer(model, tr)
         start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
-        last_path = self.run_dir / "checkpoints" / "last.pt"
+        last_path = self.folder.checkpoint("last")
         if self.resume and last_path.exists():
             ckpt = load_checkpoint(last_path, map_location=ctx.device)
             model.load_state_dict(ckpt["model"])
@@ -258,10 +254,14 @@ class Trainer:
                 print(f"resuming {self.run_dir} after epoch {start_epoch}", flush=True)
         if ctx.main:
             self._truncate_metrics(start_epoch)
-        if (self.run_dir / "COMPLETED").exists() and start_epoch >= tr["epochs"]:
+        if self.folder.is_complete and start_epoch >= tr["epochs"]:
             if ctx.main:
                 print(f"{self.run_dir}: already complete ({tr['epochs']} epochs)")
-            return json.loads((self.run_dir / "COMPLETED").read_text())
+            return json.loads(self.folder.completed.read_text())
+        if ctx.main and self.folder.is_complete:  # more epochs asked of a finished run: it goes on
+            print(f"{self.run_dir}: extending the finished run from {start_epoch} to {tr['epochs']} epochs",
+                  flush=True)
+            self.folder.completed.unlink()
 
         train_model = model
         if ctx.enabled:
@@ -296,13 +296,13 @@ class Trainer:
                          "model_spec": spec, "recipe": recipe, "metrics": record, "best": best}
                 self._save(state, last_path)
                 if improved:
-                    self._save(state, self.run_dir / "checkpoints" / "best.pt")
+                    self._save(state, self.folder.checkpoint("best"))
                 self._log_epoch(record, best, steps, writer)
             if ctx.enabled:
                 dist.barrier()
         summary = {"epochs": tr["epochs"], "final": record, "best": best, "run_dir": str(self.run_dir)}
         if ctx.main:
-            atomic_write_json(self.run_dir / "COMPLETED", summary)
+            atomic_write_json(self.folder.completed, summary)
             if writer is not None:
                 writer.close()
         return summary
@@ -340,13 +340,18 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             chunks = zip(x.chunk(micro), targets.chunk(micro))
             step_loss = torch.zeros((), device=ctx.device)
+            start = 0
             for i, (xc, tc) in enumerate(chunks):
-                # dropout draws depend only on (seed, epoch, step, chunk of the global batch), so a
-                # resumed run, or the same global batch split over processes, drops the same units
+                # random draws inside the model depend only on (seed, epoch, step, chunk), so a resumed run
+                # draws the same; dropout masks are drawn for the global batch and sliced to this process's
+                # rows, so the same global batch split over processes drops the same units
                 torch.manual_seed(hash((recipe["seed"], epoch, step, ctx.rank * micro + i)) % 2**62)
+                rows = torch.arange(ctx.rank * len(x) + start, ctx.rank * len(x) + start + len(xc))
+                start += len(xc)
                 sync = contextlib.nullcontext() if (i == micro - 1 or not hasattr(model, "no_sync")) \
                     else model.no_sync()
-                with sync:
+                key = hash((recipe["seed"], epoch, step))
+                with sync, global_batch_rows(key, rows, len(x) * ctx.world):
                     with torch.autocast(ctx.device.type, dtype=self.amp_dtype or torch.float32,
                                         enabled=self.amp_dtype is not None):
                         logits = model(xc)
@@ -436,15 +441,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _truncate_metrics(self, epoch: int) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        rows = [r for r in _read_metrics(path) if r.get("epoch", 0) <= epoch]
-        if path.exists():
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        rows = [r for r in self.folder.read_metrics() if r["epoch"] <= epoch]
+        if self.folder.metrics.exists():
+            self.folder.write_metrics(rows)
 
     def _append_metrics(self, record: dict) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        rows = _read_metrics(path) + [record]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        self.folder.write_metrics(self.folder.read_metrics(warn=False) + [record])
 
     def _tensorboard(self):
         """Event files in RUN/tensorboard (`tensorboard --logdir exp/`), appended to on --resume."""
@@ -478,52 +480,8 @@ def train(recipe: dict, run_dir: str | os.PathLike, *, resume: bool = False,
     try:
         return trainer.fit()
     finally:
-        if trainer.ctx.main:
-            release_run_lock(trainer.run_dir)
+        trainer.folder.release_lock()
         if trainer.ctx.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-
-# ------------------------------------------------------------------ one trainer per run folder
-LOCK = ".training.lock"
-
-
-def run_lock_holder(run_dir: Path) -> str | None:
-    """'process N on HOST' when a live process of this host holds the folder's lock, else None (a lock
-    left by a process that died is stale: the folder can be taken over or resumed)."""
-    try:
-        pid, host = (run_dir / LOCK).read_text(encoding="utf-8").split()[:2]
-    except (OSError, ValueError):
-        return None
-    if host != socket.gethostname():
-        return f"process {pid} on {host}"  # cannot tell from here whether it lives: trust it
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return None
-    except PermissionError:
-        pass
-    return None if int(pid) == os.getpid() else f"process {pid} on {host}"
-
-
-def take_run_lock(run_dir: Path) -> None:
-    """Claim the folder for this process; two trainers starting at once cannot both get it."""
-    path = run_dir / LOCK
-    path.unlink(missing_ok=True)  # stale: run_lock_holder found no live holder
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        raise AscError(f"{run_dir}: another asc train claimed this folder at the same moment; "
-                       "choose another --out") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"{os.getpid()} {socket.gethostname()}\n")
-
-
-def release_run_lock(run_dir: Path) -> None:
-    path = run_dir / LOCK
-    try:
-        if path.read_text(encoding="utf-8").split()[0] == str(os.getpid()):
-            path.unlink()
-    except (OSError, IndexError):
-        pass
 

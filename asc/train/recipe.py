@@ -290,17 +290,68 @@ def run_name(recipe: Mapping) -> str:
 
 # keys that may differ between an interrupted run and its resumption
 RESUME_FREE_KEYS = {("data", "num_workers"), ("train", "eval_batch_size"), ("train", "compile")}
+# keys a resumption may change on purpose: more epochs extend a run (SGDR goes on with its cycles)
+EXTENDABLE_KEYS = {("train", "epochs")}
 
 
-def resume_mismatch(saved: Mapping, new: Mapping, prefix: tuple = ()) -> str | None:
-    """The first dotted key whose value differs (ignoring RESUME_FREE_KEYS), or None."""
-    for key in sorted(set(saved) | set(new)):
+def recipe_differences(saved: Mapping, new: Mapping, prefix: tuple = (),
+                       ignore: frozenset | set = frozenset()) -> list[str]:
+    """Every dotted key whose value differs, as "key: saved -> new" (keys in `ignore` left out)."""
+    out = []
+    for key in sorted(set(saved) | set(new), key=str):
         here = (*prefix, key)
-        if here in RESUME_FREE_KEYS:
+        if here in ignore:
             continue
         a, b = saved.get(key), new.get(key)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            found = resume_mismatch(a, b, here)
+            out += recipe_differences(a, b, here, ignore)
+        elif a != b:
+            out.append(f"{'.'.join(map(str, here))}: {a!r} -> {b!r}")
+    return out
+
+
+def resume_recipe(run_dir: str | os.PathLike, recipe: str | os.PathLike | None = None, *,
+                  profile: str | None = None, overrides: Iterable[str] = (), norm: str | None = None,
+                  seed: int | None = None) -> dict:
+    """The recipe to resume a run with: the run's own (RUN/recipe.yaml is the truth). Options given
+    beside it must agree with it, except train.epochs (more epochs extend the run) and the keys that
+    may change on a resumption; otherwise a ConfigError lists every difference in one line."""
+    path = Path(run_dir) / "recipe.yaml"
+    saved = dict(load_yaml(path))
+    if recipe is not None:
+        new = load_recipe(recipe, profile=profile, overrides=overrides, norm=norm, seed=seed)
+    else:
+        new = copy.deepcopy(saved)
+        given = {"profile": profile, "norm": norm, "seed": seed}
+        new.update({k: v for k, v in given.items() if v is not None})
+        new = dict(apply_overrides(new, overrides))
+    differences = recipe_differences(saved, new, ignore=RESUME_FREE_KEYS | EXTENDABLE_KEYS)
+    if differences:
+        more = f"; and {len(differences) - 6} more" if len(differences) > 6 else ""
+        shown = "; ".join(differences[:6]) + more
+        raise ConfigError(f"{path}: the run was trained with other settings ({shown}); resume with no other "
+                          "options than --out and --resume (and --set train.epochs=N to extend it), or "
+                          "choose a new --out")
+    out = copy.deepcopy(saved)
+    for section, key in RESUME_FREE_KEYS | EXTENDABLE_KEYS:
+        if key in (new.get(section) or {}):
+            out.setdefault(section, {})[key] = new[section][key]
+    epochs = out["train"]["epochs"]
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ConfigError(f"--set train.epochs={epochs}: expected a whole number of epochs >= 1")
+    return out
+
+
+def resume_mismatch(saved: Mapping, new: Mapping, prefix: tuple = (),
+                    ignore: frozenset | set = frozenset()) -> str | None:
+    """The first dotted key whose value differs (ignoring RESUME_FREE_KEYS and `ignore`), or None."""
+    for key in sorted(set(saved) | set(new)):
+        here = (*prefix, key)
+        if here in RESUME_FREE_KEYS or here in ignore:
+            continue
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            found = resume_mismatch(a, b, here, ignore)
             if found:
                 return found
         elif a != b:
