@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from asc.errors import AscError
 from asc.runs import load_checkpoint, model_from_checkpoint
 
 from .tiny_tau import make_feature_cache
@@ -276,3 +277,68 @@ def test_a_folder_being_trained_is_not_taken_over(tiny):
     finally:
         first.kill()
         first.wait()
+
+
+def test_resume_needs_only_the_run_folder_and_more_epochs_extend_it(tiny, capsys):
+    """`asc train --out RUN --resume`: the run's recipe is the truth; options that disagree with it are
+    listed in one line; --set train.epochs=N extends a finished run where an uninterrupted one would be."""
+    from asc.cli import main
+
+    out = tiny["base"] / "run_extend"
+    base = ["--device", "cpu", "--set", "train.max_steps_per_epoch=2", "--set", "train.angles_every=0"]
+    assert main(["train", "--recipe", str(tiny["recipe"]), "--out", str(out), *base,
+                 "--set", "train.epochs=2"]) == 0
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # nothing else needed: already complete
+    assert "already complete (2 epochs)" in capsys.readouterr().out
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=3"]) == 0
+    assert "extending the finished run from 2 to 3 epochs" in capsys.readouterr().out
+    assert [r["epoch"] for r in _metrics(out)] == [1, 2, 3]
+    assert json.loads((out / "COMPLETED").read_text())["epochs"] == 3
+    full = tiny["base"] / "run_extend_ref"
+    assert main(["train", "--recipe", str(tiny["recipe"]), "--out", str(full), *base,
+                 "--set", "train.epochs=3"]) == 0
+    a = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    for k in a:  # the same weights as three epochs in one go: SGDR went on with its cycles
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--norm", "bn", "--set", "train.lr=0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "norm: 'l2bn' -> 'bn'" in err and "train.lr: 0.1 -> 0.5" in err and len(err.splitlines()) == 1
+    assert main(["train", "--out", str(tiny["base"] / "nowhere"), "--resume"]) == 2
+    assert "--recipe YAML is required" in capsys.readouterr().err
+
+
+def test_run_folder_lock_is_atomic_and_dies_with_its_process(tmp_path):
+    from asc.runs import RunFolder
+
+    script = ("import sys, time; from asc.runs import RunFolder; f = RunFolder(sys.argv[1]); f.take_lock(); "
+              "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        folder = RunFolder(tmp_path)
+        assert folder.holder() == f"process {holder.pid} on {__import__('socket').gethostname()}"
+        with pytest.raises(AscError, match="is training in this folder"):
+            folder.take_lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    folder = RunFolder(tmp_path)
+    assert folder.holder() is None and folder.lock.exists()  # a dead holder's lock is free, not deleted
+    folder.take_lock()
+    try:
+        assert RunFolder(tmp_path).holder() is None  # this process holds it
+    finally:
+        folder.release_lock()
+
+
+def test_torn_metrics_lines_are_dropped_with_a_notice(tmp_path, capsys):
+    from asc.runs import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.metrics.write_text('{"epoch": 1, "lr": 0.1}\n{"epoch": 2, "lr": 0.05}\n["x"]\n{"epoch": 3, "lr"')
+    assert [r["epoch"] for r in folder.read_metrics()] == [1, 2]
+    err = capsys.readouterr().err
+    assert "metrics.jsonl:3: dropped a malformed line" in err and "metrics.jsonl:4: dropped" in err
