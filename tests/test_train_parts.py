@@ -146,3 +146,39 @@ def test_recipe_validation_names_the_file_and_line_of_a_bad_value(tmp_path):
     r = load_recipe(path, overrides=["train.weight_decay=5E-4", "train.momentum=.95"])
     assert (r["train"]["lr"], r["train"]["min_lr"]) == (1e-3, 1e-5)
     assert (r["train"]["weight_decay"], r["train"]["momentum"]) == (5e-4, 0.95)
+
+
+def test_keras_momentum_follows_the_hand_computed_sequence_across_a_restart():
+    """v = m v - lr g; p += v. A unit gradient through a cycle's end (lr 1e-5) and a restart (lr 0.1):
+    the first step after the restart is 0.1 + 0.9 * (previous velocity) = 0.21 in Keras, where torch's
+    buffer (built from raw gradients) gives 0.1 * (1 + 0.9 + 0.81 + 0.729) = 0.34."""
+    import torch
+
+    from asc.train.optim import KerasSGD
+
+    lrs = [0.1, 0.05, 1e-5, 0.1]
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = KerasSGD([p], lr=0.1, momentum=0.9)
+    v, expected, steps = 0.0, 0.0, []
+    for lr in lrs:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        p.grad = torch.ones_like(p)
+        before = float(p)
+        opt.step()
+        v = 0.9 * v - lr * 1.0
+        expected += v
+        steps.append(float(p) - before)
+        assert float(p) == pytest.approx(expected, abs=1e-15)
+    assert steps[-1] == pytest.approx(-(0.1 + 0.9 * (0.9 * (0.9 * 0.1 + 0.05) + 1e-5)), abs=1e-15)
+    q = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    ref = torch.optim.SGD([q], lr=0.1, momentum=0.9)
+    for lr in lrs:
+        for group in ref.param_groups:
+            group["lr"] = lr
+        q.grad = torch.ones_like(q)
+        before = float(q)
+        ref.step()
+    assert float(q) - before == pytest.approx(-0.1 * (1 + 0.9 + 0.81 + 0.729))  # torch: 0.34, Keras 0.21
+    for name in ("resnet17", "fcnn", "fsfcnn"):  # the paper profiles train as the Keras originals did
+        assert load_recipe(ROOT / "recipes/dcase2020" / f"{name}.yaml")["train"]["momentum_style"] == "keras"

@@ -37,6 +37,7 @@ from asc.models.dropout import global_batch_rows
 from asc.progress import progress
 from asc.runs import DATASET_FILE, FEATURES_FILE, RunFolder, build_model, load_checkpoint, save_checkpoint
 from asc.train import data as tdata
+from asc.train.optim import KerasSGD
 from asc.train.recipe import EXTENDABLE_KEYS, resume_mismatch
 from asc.train.schedule import keras_decay, learning_rate
 
@@ -139,8 +140,10 @@ def make_optimizer(model: nn.Module, tr: dict) -> torch.optim.Optimizer:
         for mult in sorted({mults.get(id(p), 1.0) for p in params}):
             chosen = [p for p in params if mults.get(id(p), 1.0) == mult]
             groups.append({"params": chosen, "weight_decay": wd if mult == 1.0 else 0.0, "lr_mult": mult})
-    return torch.optim.SGD(groups, lr=tr["lr"], momentum=tr["momentum"],
-                           nesterov=tr["nesterov"] and tr["momentum"] > 0)
+    nesterov = tr["nesterov"] and tr["momentum"] > 0
+    if tr["momentum_style"] == "keras":
+        return KerasSGD(groups, lr=tr["lr"], momentum=tr["momentum"], nesterov=nesterov)
+    return torch.optim.SGD(groups, lr=tr["lr"], momentum=tr["momentum"], nesterov=nesterov)
 
 
 def sync_norms(model: nn.Module) -> nn.Module:

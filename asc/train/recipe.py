@@ -66,6 +66,9 @@ SCHEMA: dict[str, Any] = {
         "min_lr": Field(float, 1e-5, min=0.0),
         "momentum": Field(float, 0.9, min=0.0, max=1.0),
         "nesterov": Field(bool, False),
+        "momentum_style": Field(str, "torch", choices=("torch", "keras"),
+                                help="keras: velocity = momentum * velocity - lr * grad, as the published "
+                                     "Keras scripts (they differ from torch right after an SGDR restart)"),
         "lr_decay": Field(float, 0.0, min=0.0,
                           help="Keras SGD decay: the scheduled rate times 1 / (1 + lr_decay * step)"),
         "weight_decay": Field(float, 0.0, min=0.0),
