@@ -5,5 +5,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 py=$(bash scripts/setup.sh)
 "$py" -m ruff check asc tests scripts
+# the layers point one way (data -> features -> nn -> models -> tasks -> runs -> eval/train -> predict -> cli)
+"$py" -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' .importlinter \
+  --no-cache | tail -n 1
 # two workers: most tests wait on processes and files, so the two cores of a small machine overlap them
 "$py" -m pytest -q -n "${ASC_TEST_WORKERS:-2}" "$@"
