@@ -77,6 +77,12 @@ def test_run_directory_and_learning(tiny):
     assert saved["norm"] == "l2bn" and saved["data"]["cache_dir"] == str(tiny["cache_dir"])
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["world_size"] == 1
+    # what it takes to reproduce the run: the command, the commit (and whether the tree had changes),
+    # the thread count, which moves results at the 1e-6 level
+    assert env["command"][:3] == ["__main__.py", "train", "--recipe"] and env["threads"] >= 1
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert env["git_commit"] == head.stdout.strip() and isinstance(env["git_dirty"], bool)
     rows = _metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.2

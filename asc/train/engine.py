@@ -101,9 +101,30 @@ def environment(ctx: Dist) -> dict[str, Any]:
         import torchaudio
 
         env["torchaudio"] = torchaudio.__version__
+    env["command"] = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    env.update(_git_state())
+    if torch.version.cuda:
+        env["cuda"] = torch.version.cuda
+    if torch.backends.cudnn.is_available():
+        env["cudnn"] = torch.backends.cudnn.version()
     if ctx.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(ctx.device)
     return env
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit of the checkout that trained, and whether its tree had changes; nothing outside git."""
+    import subprocess
+
+    root = Path(asc.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": bool(dirty)}
 
 
 def _decay_params(model: nn.Module, which: str) -> tuple[list, list]:
@@ -233,6 +254,9 @@ class Trainer:
         recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
         self._prepare_run_dir()
         seed_everything(recipe["seed"])
+        if tr["deterministic"]:  # torch's deterministic algorithms (slower on GPUs; CUDA needs its workspace)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         task = self._task = tdata.subsets_for(tdata.load_task_data(recipe), recipe,
                                               log=(lambda m: print(m, flush=True)) if ctx.main else None)
         if ctx.main and task.feature_config is not None:

@@ -89,6 +89,8 @@ SCHEMA: dict[str, Any] = {
                      help="autocast: off (float32, as the papers trained), bf16, fp16, auto (bf16 on GPU)"),
         "channels_last": Field((str, bool), "auto", choices=("auto", "on", "off", True, False)),
         "compile": Field(bool, False),
+        "deterministic": Field(bool, False, help="torch.use_deterministic_algorithms(True): the same results "
+                                                 "on the same machine and thread count, at some speed"),
         "eval_every": Field(int, 1, min=1),
         "angles_every": Field(int, 0, min=0),
         "val_clips": Field(int, None, nullable=True, min=1,
