@@ -238,3 +238,60 @@ def test_scale_invariance_per_sample():
     x2 = x.clone()
     x2[2] *= 37.0
     torch.testing.assert_close(m(x2), y1)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 5), (0, 3, 4, 5), (2, 3, 0, 5)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("track", [True, False])
+def test_empty_batch_behaves_like_batchnorm(path, shape, training, track):
+    """No elements: torch's BatchNorm gives an empty output, an empty dx, zero parameter gradients and
+    leaves the running statistics alone (num_batches_tracked still counts the call); so do BN and L2BN."""
+    from asc.nn import SyncBatchNorm, SyncL2BatchNorm
+
+    torch_cls = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
+    ours_cls = L2BatchNorm2d if len(shape) == 4 else L2BatchNorm1d
+    layers = [torch_cls(3, track_running_stats=track), ours_cls(3, track_running_stats=track),
+              SyncBatchNorm(3, track_running_stats=track), SyncL2BatchNorm(3, track_running_stats=track)]
+    results = []
+    for m in layers:
+        m.double().train(training)
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-1, 1)
+            if track:
+                m.running_mean.fill_(0.25)
+                m.running_var.fill_(2.0)
+        x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+        y = m(x)
+        y.sum().backward()
+        state = {k: v.clone() for k, v in m.state_dict().items() if k not in ("weight", "bias")}
+        results.append((y.shape, y.dtype, x.grad.shape, m.weight.grad, m.bias.grad, state))
+    expected = results[0]
+    assert expected[0] == shape and torch.equal(expected[3], torch.zeros(3, dtype=torch.float64))
+    for got in results[1:]:
+        assert got[:3] == expected[:3]
+        torch.testing.assert_close(got[3], expected[3], atol=0, rtol=0)
+        torch.testing.assert_close(got[4], expected[4], atol=0, rtol=0)
+        assert got[5].keys() == expected[5].keys()
+        for key, value in expected[5].items():
+            assert torch.equal(got[5][key], value), key
+
+
+def test_empty_batch_between_full_ones_changes_nothing(path):
+    """An empty batch in the middle of training leaves the layer where a run without it would be."""
+    torch.manual_seed(9)
+    xs = [torch.randn(4, 3, 5, 6, dtype=torch.float64) + i for i in range(2)]
+    plain, with_empty = make_layer(xs[0].shape), make_layer(xs[0].shape)
+    with_empty.load_state_dict(plain.state_dict())
+    plain(xs[0]), plain(xs[1])
+    with_empty(xs[0]), with_empty(xs[0][:0]), with_empty(xs[1])
+    for key in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(with_empty, key), getattr(plain, key), atol=0, rtol=0)
+    # and the reference's statistics after those two steps (momentum 0.1 from zeros and ones)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for x in xs:
+        _, xh = reference(x, plain.weight.detach(), plain.bias.detach())
+        rm, rv = 0.9 * rm + 0.1 * xh.mean((0, 2, 3)), 0.9 * rv + 0.1 * xh.var((0, 2, 3), unbiased=True)
+    torch.testing.assert_close(with_empty.running_mean, rm, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(with_empty.running_var, rv, atol=1e-12, rtol=1e-12)
+    assert int(with_empty.num_batches_tracked) == 3

@@ -142,3 +142,35 @@ def test_convert_torchvision_style_resnet_block():
     assert block(torch.randn(2, 4, 8, 8)).shape == (2, 8, 4, 4)
     # a bare BatchNorm module is returned converted
     assert isinstance(convert_norm(nn.BatchNorm2d(4), "l2bn"), L2BatchNorm2d)
+
+
+def test_nn_modules_import_each_other_one_way():
+    """norms.py (the factory) and sync.py both read layer kinds from kinds.py; no asc.nn module imports
+    one that imports it back, lazily inside a function or not."""
+    import ast
+    from pathlib import Path
+
+    import asc.nn
+
+    folder = Path(asc.nn.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for file in folder.glob("*.py"):
+        if file.stem == "__init__":
+            continue
+        deps = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps |= {n.split(".")[2] for n in names if n.startswith("asc.nn.")}
+        graph[file.stem] = deps - {file.stem}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for dep in graph.get(start, ()):
+            if dep == target or (dep not in seen and reaches(dep, target, seen | {dep})):
+                return True
+        return False
+
+    cycles = [m for m in graph if reaches(m, m, {m})]
+    assert not cycles, f"import cycles through {cycles}: {graph}"
+    assert "sync" not in graph["norms"] and "norms" not in graph["sync"]

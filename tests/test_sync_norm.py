@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -56,9 +58,7 @@ def _train(model, x, y, rows, ddp_model=None) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, norm: str, path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _init_gloo(rank, world, port)
     try:
         model = convert_sync_norm(_model(norm))
         ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -76,12 +76,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_ranks(fn, *args, world: int = 2, timeout: float = 60.0) -> None:
+    """fn(rank, world, port, *args) in `world` processes; one that fails or hangs fails the test."""
+    ctx = mp.start_processes(fn, args=(world, _free_port(), *args), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=0.5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.kill()
+            pytest.fail(f"{world} processes still running after {timeout:.0f} s: a rank hangs")
+
+
+def _init_gloo(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # a collective that one rank never joins fails after this instead of blocking the test run
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=20))
+
+
 @pytest.mark.parametrize("norm", ["bn", "l2bn"])
 def test_two_processes_train_like_one(norm, tmp_path):
     x, y = _data()
     one = _train(_model(norm), x, y, slice(0, BATCH))
     path = str(tmp_path / "res")
-    mp.spawn(_worker, args=(2, _free_port(), norm, path), nprocs=2, join=True)
+    _run_ranks(_worker, norm, path, timeout=120)
     parts = [torch.load(f"{path}.{r}", weights_only=True) for r in range(2)]
 
     deviation = {}
@@ -121,3 +141,121 @@ def test_convert_sync_norm_keeps_the_l2_step_and_the_state_dict():
     synced.load_state_dict(plain.state_dict())
     x = torch.randn(4, 3, 9, 9)
     torch.testing.assert_close(synced(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
+# (kind, shape of one sample): BN and L2BN, 2-D maps, vectors and sequences
+EMPTY_CASES = [("bn", (3, 4, 5)), ("l2bn", (3, 4, 5)), ("bn", (3,)), ("l2bn", (3, 6))]
+SPLITS = [(2, 0), (0, 2)]  # samples on rank 0 and rank 1
+
+
+def _norm_layer(kind: str, sample: tuple) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = make_norm(kind, sample[0], dim=2 if len(sample) == 3 else 1, momentum=0.3).double()
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-1, 1)
+        m.running_mean.uniform_(-1, 1)
+        m.running_var.uniform_(0.5, 2)
+    return m
+
+
+def _batch(sample: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((2, *sample), generator=g, dtype=torch.float64) * 2 + 1
+    return x, torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+
+def _steps(m: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor) -> dict:
+    """Two training steps (forward and backward) on x, then one in eval; what each gave."""
+    out: dict = {"train": []}
+    for _ in range(2):
+        m.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        (y * gy).sum().backward()
+        out["train"].append({"y": y.detach(), "dx": xi.grad, "dw": m.weight.grad.clone(),
+                             "db": m.bias.grad.clone()})
+    m.eval()
+    out["eval"] = m(x).detach()
+    out["state"] = {k: v.clone() for k, v in m.state_dict().items()}
+    return out
+
+
+def _empty_rank_worker(rank: int, world: int, port: int, path: str) -> None:
+    _init_gloo(rank, world, port)
+    try:
+        res = {}
+        for case in EMPTY_CASES:
+            x, gy = _batch(case[1])
+            for split in SPLITS:
+                start = sum(split[:rank])
+                rows = slice(start, start + split[rank])
+                res[case, split] = _steps(convert_sync_norm(_norm_layer(*case)), x[rows], gy[rows])
+        torch.save(res, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str, tol: float = 1e-10) -> None:
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
+
+
+def test_a_rank_with_an_empty_batch_joins_every_all_reduce(tmp_path):
+    """2 samples on one rank and none on the other train like 1 process with the 2 samples."""
+    path = str(tmp_path / "res")
+    _run_ranks(_empty_rank_worker, path)
+    parts = [torch.load(f"{path}.{r}", weights_only=False) for r in range(2)]
+    for case in EMPTY_CASES:
+        x, gy = _batch(case[1])
+        one = _steps(_norm_layer(*case), x, gy)
+        for split in SPLITS:
+            got = [p[case, split] for p in parts]
+            for step, ref in enumerate(one["train"]):
+                steps = [g["train"][step] for g in got]
+                for key in ("y", "dx"):  # per sample: the ranks' rows together are the whole batch
+                    _close(torch.cat([s[key] for s in steps]), ref[key], f"{case} {split} {key}")
+                for key in ("dw", "db"):  # per process: DDP's all-reduce of these sums the ranks' parts
+                    _close(sum(s[key] for s in steps), ref[key], f"{case} {split} {key}")
+                empty = steps[split.index(0)]
+                assert empty["y"].shape == (0, *case[1]) and empty["dx"].shape == (0, *case[1])
+                assert not empty["dw"].any() and not empty["db"].any()
+            _close(torch.cat([g["eval"] for g in got]), one["eval"], f"{case} {split} eval")
+            for g in got:  # both ranks' running statistics move as the single process's do
+                for key, value in one["state"].items():
+                    _close(g["state"][key], value, f"{case} {split} {key}", tol=1e-12)
+
+
+def _one_sample_worker(rank: int, world: int, port: int, path: str) -> None:
+    _init_gloo(rank, world, port)
+    try:
+        res = {}
+        for kind, sample in [("bn", (3, 1, 1)), ("l2bn", (3, 1, 1)), ("bn", (3,)), ("l2bn", (3,))]:
+            layer = convert_sync_norm(_norm_layer(kind, sample))
+            before = {k: v.clone() for k, v in layer.state_dict().items() if "running" in k}
+            x = torch.ones((1 - rank, *sample), dtype=torch.float64, requires_grad=True)
+            try:
+                layer(x)
+                res[kind, sample] = "no error"
+            except ValueError as exc:
+                res[kind, sample] = str(exc)
+            assert all(torch.equal(layer.state_dict()[k], v) for k, v in before.items())
+        # the ranks are still in step: one more collective completes
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        res["after"] = float(total)
+        torch.save(res, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_sample_over_all_ranks_raises_on_every_rank(tmp_path):
+    """1 sample on rank 0 and none on rank 1: the global count is 1, and torch's BatchNorm would raise
+    on 1 value per channel; both ranks raise that ValueError instead of returning beta."""
+    path = str(tmp_path / "res")
+    _run_ranks(_one_sample_worker, path)
+    for rank in range(2):
+        res = torch.load(f"{path}.{rank}", weights_only=False)
+        assert res.pop("after") == 2.0
+        assert len(res) == 4
+        for case, message in res.items():
+            assert "more than 1 value per channel" in message, (rank, case, message)

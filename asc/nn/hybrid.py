@@ -70,6 +70,8 @@ class _RunningStats(nn.Module):
 class SwitchNorm(_RunningStats):
     """Switchable Normalization over IN, LN and BN statistics (order of `mean_weight`/`var_weight`)."""
 
+    norm_kind = "sn"
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
@@ -119,6 +121,8 @@ def bcn_groups(num_features: int) -> int:
 class BatchChannelNorm(nn.Module):
     """BN, then group norm (no per-channel affine) with a per-group affine."""
 
+    norm_kind = "bcn"
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True) -> None:
         super().__init__()
@@ -147,6 +151,8 @@ class BatchChannelNorm(nn.Module):
 
 class BatchInstanceNorm(_RunningStats):
     """Batch-Instance Normalization with a per-channel gate ρ in [0, 1] (1 = BN, 0 = IN)."""
+
+    norm_kind = "bin"
 
     #: learning-rate multiplier of each parameter, read by the training engine (the authors use 10)
     param_lr_mult = {"gate": 10.0}

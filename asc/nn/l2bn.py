@@ -95,11 +95,16 @@ class _L2BNTrain(torch.autograd.Function):
             sums = torch.cat([d64.sum(0) * n_per_row,
                               (r64.square() * var_ic.double() + d64.square()).sum(0) * n_per_row,
                               d64.new_full((1,), float(shape[0] * n_per_row))])
-            torch.distributed.all_reduce(sums, group=group)
+            torch.distributed.all_reduce(sums, group=group)  # a process with no samples adds zeros
             count = int(round(float(sums[-1])))
-            offset = sums[:c] / sums[-1]
+            if count == 1:  # every process sees the same sums, so every process raises here
+                raise ValueError(
+                    f"Expected more than 1 value per channel when training, got {count} over "
+                    f"{torch.distributed.get_world_size(group)} processes (local input size {shape})")
+            total = sums[-1].clamp_min(1)  # no samples anywhere: finite statistics that nothing uses
+            offset = sums[:c] / total
             mean_c = (k + offset).to(acc)
-            var_c = (sums[c:2 * c] / sums[-1] - offset.square()).clamp_min(0).to(acc)
+            var_c = (sums[c:2 * c] / total - offset.square()).clamp_min(0).to(acc)
         invstd = (var_c + eps).rsqrt()
         g = invstd if weight is None else weight.to(acc) * invstd
         scale = r[:, None] * g  # A[i, c]
@@ -117,7 +122,7 @@ class _L2BNTrain(torch.autograd.Function):
     def backward(ctx, dy, _dmean, _dvar, _dcount):
         x, weight, mean_ic, var_ic, r, sq_norm, clamped, mean_c, invstd, g = ctx.saved_tensors
         n_per_row = math.prod(x.shape[2:])
-        count = ctx.count
+        count = max(ctx.count, 1)
         dy = dy.contiguous() if x.is_contiguous() else dy
         # per-(i, c): t1 = Σ dy, tc = Σ dy·(x - mean_ic)   (centred for accuracy)
         t1, tc = _grad_sums(dy, x, mean_ic)
@@ -160,7 +165,7 @@ def _grad_sums(dy: Tensor, x: Tensor, mean_ic: Tensor) -> tuple[Tensor, Tensor]:
     if not dims:
         return dy.clone(), dy * (x - mean_ic.to(x.dtype))
     t1 = dy.sum(dims)
-    if x.is_contiguous() and dy.is_contiguous():
+    if x.numel() and x.is_contiguous() and dy.is_contiguous():  # (an empty x cannot reshape to -1)
         # Σ dy·x per row as a batched dot product: one read of each tensor, no temporaries
         rows = x.shape[0] * x.shape[1]
         dot = torch.bmm(dy.reshape(rows, 1, -1), x.reshape(rows, -1, 1)).reshape(x.shape[:2])
@@ -201,7 +206,7 @@ def l2_batch_norm(
     if x.dim() < 2:
         raise ValueError(f"expected at least 2-D input (N, C, ...), got {x.dim()}-D")
     if training and process_group is None:  # synchronized: the count that matters is the global one
-        size = x.numel() // x.shape[1]
+        size = x.shape[0] * math.prod(x.shape[2:])
         if size == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.shape}")
@@ -211,7 +216,9 @@ def l2_batch_norm(
     b = bias.to(xc.dtype) if bias is not None else None
     use_batch_stats = training or running_mean is None
     with torch.autocast(device_type=x.device.type, enabled=False):
-        if use_batch_stats:
+        if xc.numel() == 0 and process_group is None:
+            y = _empty_batch_norm(xc, w, b)
+        elif use_batch_stats:
             if process_group is None and torch.compiler.is_compiling() and not _native(xc):
                 y, mean_c, var_c = _l2bn_train_composite(xc, w, b, l2_eps, eps, l2)
                 count = x.numel() // x.shape[1]
@@ -219,7 +226,7 @@ def l2_batch_norm(
                 shift = None if process_group is None or running_mean is None else running_mean.detach()
                 y, mean_c, var_c, count_t = _L2BNTrain.apply(xc, w, b, l2_eps, eps, l2, process_group, shift)
                 count = int(count_t)
-            if training and running_mean is not None and running_var is not None:
+            if training and running_mean is not None and running_var is not None and count > 0:
                 with torch.no_grad():
                     running_mean.lerp_(mean_c.to(running_mean.dtype), momentum)
                     unbiased = var_c * (count / max(count - 1, 1))
@@ -229,9 +236,17 @@ def l2_batch_norm(
     return y.to(in_dtype) if y.dtype != in_dtype else y
 
 
+def _empty_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """An input with no elements, as torch's batch_norm treats it: no statistics (running ones stay
+    as they are), and an empty output that still depends on x, weight and bias, so that backward
+    runs and gives an empty dx and zero parameter gradients."""
+    y = x.clone() if weight is None else x * _expand(weight, x)
+    return y if bias is None else y + _expand(bias, x)
+
+
 def _sample_scale(x: Tensor, l2_eps: float) -> Tensor:
     """sqrt(n) / max(‖x_i‖, l2_eps), shape (N,), differentiable."""
-    n = x[0].numel()
+    n = math.prod(x.shape[1:])
     norm = torch.linalg.vector_norm(x.flatten(1), dim=1)
     return math.sqrt(n) / norm.clamp_min(l2_eps)
 
@@ -248,7 +263,7 @@ def _l2bn_eval(x, running_mean, running_var, weight, bias, l2_eps, eps, l2=True)
         if l2:
             mean_ic, var_ic = _row_moments(x)
             sq_norm = math.prod(x.shape[2:]) * (var_ic + mean_ic * mean_ic).sum(1)
-            r = math.sqrt(x[0].numel()) / sq_norm.sqrt().clamp_min(l2_eps)
+            r = math.sqrt(math.prod(x.shape[1:])) / sq_norm.sqrt().clamp_min(l2_eps)
         else:
             r = x.new_ones(x.shape[0])
         return _affine_rows(x, (r[:, None] * g).to(x.dtype), shift.to(x.dtype))
@@ -267,6 +282,8 @@ def _l2bn_train_composite(x, weight, bias, l2_eps, eps, l2=True):
 
 class _L2BatchNormMixin:
     """Shared forward for the 1-D and 2-D classes; only the input check differs."""
+
+    norm_kind = "l2bn"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, l2_eps: float = L2_EPS,

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from asc.nn.hybrid import BatchChannelNorm, BatchInstanceNorm, SwitchNorm
+from asc.nn.kinds import norm_kind_of
 from asc.nn.l2bn import L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d
-from asc.nn.sync import SyncBatchNorm, SyncL2BatchNorm
 from asc.norm_kinds import NORM_KINDS  # the names, importable without torch
 
 _PRE_EPS = 1e-5
@@ -49,6 +49,10 @@ class _PreNormBNMixin:
     """A parameter-free per-sample normalization followed by BN; state dict as BatchNorm."""
 
     pre: str = "ln"
+
+    @property
+    def norm_kind(self) -> str:
+        return f"{self.pre}bn"
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's own argument name
         return super().forward(_pre_normalize(input, self.pre))
@@ -117,32 +121,6 @@ def make_norm(kind: str, num_features: int, dim: int = 2, affine: bool = True, *
     norm = nn.GroupNorm(_groups(kind, num_features), num_features, eps=eps, affine=affine)
     norm.norm_kind = kind  # gn8 on 8 channels is one group, like ln: remember which was asked for
     return norm
-
-
-def norm_kind_of(module: nn.Module) -> str | None:
-    """The make_norm kind that built `module`, or None if it is not a norm layer."""
-    if getattr(module, "part_of_norm", False):
-        return None
-    if isinstance(module, (*_L2BN.values(), SyncL2BatchNorm)):
-        return "l2bn"
-    if isinstance(module, SyncBatchNorm):
-        return "bn"
-    for kind, cls in _HYBRID.items():
-        if isinstance(module, cls):
-            return kind
-    if isinstance(module, tuple(_PREBN.values())):
-        return f"{module.pre}bn"
-    if isinstance(module, _BatchNorm):
-        return "bn"
-    if isinstance(module, nn.GroupNorm):
-        if getattr(module, "norm_kind", None):
-            return module.norm_kind
-        if module.num_groups == 1:
-            return "ln"
-        if module.num_groups == module.num_channels:
-            return "in"
-        return f"gn{module.num_channels // module.num_groups}"
-    return None
 
 
 def _replacement(old: _BatchNorm, kind: str) -> nn.Module:

@@ -7,6 +7,10 @@ of x̂ follow from per-channel Σ x̂ and Σ x̂² (from per-(sample, channel) m
 of 2·C + 1 numbers forward and one of 2·C backward suffice. BN is the same layer with the l2 step
 off, so one implementation serves both, on CPU (gloo) and GPU (nccl) alike.
 
+A process whose local batch is empty (a global batch smaller than the number of processes) still
+joins both all-reduces, adding nothing, so the others neither hang nor fail. As torch's SyncBatchNorm
+does, the "more than 1 value per channel" check applies to the global count, on every process alike.
+
 Do not use `torch.nn.SyncBatchNorm.convert_sync_batchnorm` on a model with L2BN: it turns every
 L2BatchNorm into a plain SyncBatchNorm and silently drops the l2 step. `convert_sync_norm` keeps it.
 """
@@ -19,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from asc.nn.kinds import norm_kind_of
 from asc.nn.l2bn import L2_EPS, L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, l2_batch_norm
 
 
@@ -26,6 +31,7 @@ class SyncBatchNorm(_BatchNorm):
     """BatchNorm with batch statistics over a process group; state dict as torch's BatchNorm."""
 
     l2 = False
+    norm_kind = "bn"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group: Any = None,
@@ -68,6 +74,7 @@ class SyncL2BatchNorm(SyncBatchNorm):
     """L2BN with batch statistics over a process group; state dict as torch's BatchNorm."""
 
     l2 = True
+    norm_kind = "l2bn"
 
 
 def _sync_copy(old: _BatchNorm, cls: type, process_group: Any) -> nn.Module:
@@ -93,8 +100,6 @@ def convert_sync_norm(module: nn.Module, process_group: Any = None) -> nn.Module
     Every other norm layer (lnbn, inbn, pnbn, sn, bcn, bin, with the BN parts inside them) keeps
     per-process batch statistics.
     """
-    from asc.nn.norms import norm_kind_of
-
     l2 = (L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d)
     plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
