@@ -33,7 +33,7 @@ tag=""
 synth=""
 overrides=()
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
+usage() { sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
 Options (default):
   --stage N / --stop-stage N   first / last stage to run ($stage / $stop_stage)
   --profile quick|paper        recipe profile ($profile)

@@ -41,7 +41,7 @@ nj=2
 synth=""
 overrides=()
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF2
+usage() { sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF2
 Options (default):
   --stage N / --stop-stage N   first / last stage to run ($stage / $stop_stage)
   --profile quick|paper        recipe profile ($profile)

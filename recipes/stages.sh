@@ -248,8 +248,13 @@ for item in todo.split():
         sys.exit(0)
     train += e["train_s"] * int(n_train)
     evaluate += e["evaluate_s"] * int(n_eval)
-share = 1.0 if int(jobs) == 1 else 0.85  # measured: two one-thread runs at once take 85 % of one after another
+runs = [int(n) for item in todo.split() for n in item.split(":")[1:]]
+if not any(runs):
+    print("expected: nothing left to train or evaluate")
+    sys.exit(0)
+at_once = min(int(jobs), max(runs))
+share = 1.0 if at_once == 1 else 0.85  # measured: two one-thread runs at once take 85 % of one after another
 print(f"expected: training about {train * share / 60:.1f} min, evaluation about {evaluate * share / 60:.1f} min "
-      f"(two timed steps per model on this machine now{', ' + jobs + ' runs at a time' if int(jobs) > 1 else ''})")
+      f"(two timed steps per model on this machine now{f', {at_once} runs at a time' if at_once > 1 else ''})")
 PY
 }

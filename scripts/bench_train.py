@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,11 @@ def main() -> None:
           f"width_mult {args.width_mult}, {args.frames} frames, amp {args.amp}, "
           f"channels_last {args.channels_last}, compile {args.compile}")
     if args.cache:
+        from asc.features.cache import MANIFEST
+
+        if not (Path(args.cache) / MANIFEST).is_file():
+            raise SystemExit(f"--cache {args.cache}: no feature cache there; give the folder `asc extract` "
+                             "printed (cache/logmel128_deltas-<hash>)")
         bench_loader(args)
     bench_models(args)
 

@@ -80,6 +80,7 @@ def test_check_real_metadata_without_audio(tau2020_meta_dir, capsys):
     assert main(["data", "check", str(tau2020_meta_dir), "--audio", "none"]) == 1
     out = capsys.readouterr().out
     assert "TAU Urban Acoustic Scenes 2020 Mobile (v2)" in out
+    assert "test 0, unused 6105; fold1_test.csv lists the 2968 evaluate clips again" in out
     assert "problem: 23035 of 23035 audio files" in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
     assert lines["train"] == ["10215", "749", "748", "750", "750", "750", "0", "0", "0", "13962"]

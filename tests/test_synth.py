@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,33 @@ def test_recipes_use_known_components():
     for recipe in synth.SCENE_RECIPES.values():
         assert {name for name, _, _ in recipe.components} <= set(synth.COMPONENTS)
     assert set(synth.SCENE_RECIPES) == set(SCENES) and set(synth.DEVICE_MODELS) == set(DEVICES)
+
+
+def test_synth_help_states_the_preset_counts():
+    """The help's clip counts are the presets' (a stale text once said 1,360 clips and 30 per device)."""
+    import re
+
+    from asc.data.cli import _SYNTH_TEXT
+    from asc.data.synth import _counts, plan_recordings
+
+    for preset in ("tiny", "small", "full"):
+        recordings = plan_recordings(preset, 0)
+        total = sum(len(r.captures) for r in recordings)
+        stated = re.search(rf"{preset}\s+([\d,]+) clips", _SYNTH_TEXT)
+        assert stated and int(stated.group(1).replace(",", "")) == total, preset
+    small = _counts(plan_recordings("small", 0))
+    assert set(small["evaluate"].values()) == {100} and "evaluate 100 per device" in _SYNTH_TEXT
+    assert small["train"]["a"] == 650 and "train a 650" in _SYNTH_TEXT
+
+
+def test_scene_balance_is_as_the_documentation_says():
+    from collections import Counter
+
+    from asc.data.synth import plan_recordings
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "synthetic-data.md").read_text()
+    assert "85 train and 90 evaluate clips per scene" in text and "4-8 train and 2-3 evaluate" in text
+    for preset, train, evaluate in (("small", {85}, {90}), ("tiny", set(range(4, 9)), {2, 3})):
+        per = Counter((split, rec.scene) for rec in plan_recordings(preset, 0) for _, split in rec.captures)
+        assert {n for (s, _), n in per.items() if s == "train"} <= train
+        assert {n for (s, _), n in per.items() if s == "evaluate"} <= evaluate

@@ -177,6 +177,9 @@ def format_report(report: CheckReport) -> str:
     if described.split_rule:
         kind += f"; split: {described.split_rule}"
     sizes = ", ".join(f"{s} {len(data.split(s))}" for s in SPLITS)
+    if data.test_repeats_evaluate:
+        sizes += (f"; fold1_test.csv lists the {data.test_repeats_evaluate} evaluate clips again, "
+                  "counted under evaluate")
     lines = [f"dataset: {Path(data.root)}", f"kind: {kind}", f"clips: {len(data.clips)} ({sizes})", ""]
     devices = [d for d in described.devices if any(d in c for c in counts["device"].values())]
     if any("unknown" in c for c in counts["device"].values()):

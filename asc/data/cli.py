@@ -22,10 +22,10 @@ data is synthetic. Layouts (--layout):
 keep their own level, room and background; devices a, b, c, s1-s6 capture the same
 sources; s4-s6 only in evaluate; train and evaluate share no location.
 
-presets: tiny   116 recordings (tests; use --duration 1-2)
-         small  1,850 recordings: train a 650, b/c/s1-s3 40 each; evaluate 100 per device
-         full   23,035 recordings: the counts of the real development set
-(tau2022: one clip per second of each recording; folder: device a only)
+presets: tiny   116 clips (tests; use --duration 1-2)
+         small  1,850 clips: train a 650, b/c/s1-s3 40 each; evaluate 100 per device
+         full   23,035 clips: the counts of the real development set
+(tau2022: one 1-s clip per second of each of them; folder: the device-a clips of five scenes)
 
 The output depends only on preset, seed and duration (not on --workers). Rerunning the
 same command resumes an interrupted build, or does nothing when it is complete."""

@@ -56,6 +56,8 @@ class AudioDataset:
     description: DatasetDescription
     missing: list[str] = field(default_factory=list)
     synthetic_info: dict | None = None
+    #: clips a test fold lists again from evaluate (the development sets' fold1_test.csv)
+    test_repeats_evaluate: int = 0
 
     @property
     def version(self) -> str:

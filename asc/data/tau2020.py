@@ -271,6 +271,7 @@ def load_tau_layout(root: str | os.PathLike, layout: TauLayout, *, allow_missing
         raise DataError(f"{root}: not a {layout.title} folder: no {SETUP_DIR}/fold1_train.csv, "
                         f"fold1_evaluate.csv or fold1_test.csv")
 
+    repeats = 0
     split_of: dict[str, str] = {}
     fields_of: dict[str, dict[str, str | None]] = {}
     order: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -297,6 +298,7 @@ def load_tau_layout(root: str | os.PathLike, layout: TauLayout, *, allow_missing
             previous = split_of.get(name)
             if previous is not None:
                 if split == "test" and previous == "evaluate":
+                    repeats += 1
                     continue  # the development set repeats evaluate as test
                 raise DataError(f"{path}:{row.line}: {name} is also in {where[name]} ({previous}); "
                                 f"a clip belongs to one split")
@@ -349,7 +351,7 @@ def load_tau_layout(root: str | os.PathLike, layout: TauLayout, *, allow_missing
     description = describe_tau2020(root=str(root), synthetic=synthetic, version=version, title=layout.title,
                                    name=layout.name, duration=duration)
     return AudioDataset(root=root, clips=clips, description=description, missing=missing,
-                        synthetic_info=info)
+                        synthetic_info=info, test_repeats_evaluate=repeats)
 
 
 def _apply_train_subset(path: Path, split_of: dict[str, str], order: dict[str, list[str]]) -> None:

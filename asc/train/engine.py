@@ -162,7 +162,7 @@ def make_optimizer(model: nn.Module, tr: dict) -> torch.optim.Optimizer:
             chosen = [p for p in params if mults.get(id(p), 1.0) == mult]
             groups.append({"params": chosen, "weight_decay": wd if mult == 1.0 else 0.0, "lr_mult": mult})
     nesterov = tr["nesterov"] and tr["momentum"] > 0
-    if tr["momentum_style"] == "keras":
+    if tr.get("momentum_style", "torch") == "keras":
         return KerasSGD(groups, lr=tr["lr"], momentum=tr["momentum"], nesterov=nesterov)
     return torch.optim.SGD(groups, lr=tr["lr"], momentum=tr["momentum"], nesterov=nesterov)
 
