@@ -59,3 +59,13 @@ def test_analyze_measures_every_norm_layer_and_overlays_runs(tiny_run, tmp_path,
     both = json.loads((out / "analysis.json").read_text())
     assert [r["norm"] for r in both] == ["l2bn", "bn"]
     assert both[0]["synthetic"] and (out / "analysis.md").read_text().startswith("> **Synthetic data")
+
+
+def test_analyze_summary_names_the_peak_layer():
+    from asc.eval.cli import _profile
+
+    layers = [{"norm_cv": 0.1, "iir": 1.0}, {"norm_cv": 0.9, "iir": None}, {"norm_cv": 0.2, "iir": 0.5}]
+    assert _profile(layers, "norm_cv", "norm CV") == \
+        "norm CV 0.100 (first) .. 0.900 (peak, layer 2) .. 0.200 (last)"
+    assert _profile(layers, "iir", "IIR") == "IIR 1.000 (first) .. 1.000 (peak, layer 1) .. 0.500 (last)"
+    assert _profile([{"iir": None}], "iir", "IIR") == "IIR –"

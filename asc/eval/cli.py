@@ -107,6 +107,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(layers: list, key: str, name: str) -> str:
+    """First, peak and last value of a per-layer statistic: the peak is where the paper's argument
+    (BN leaves sample norms spread in the middle of the network) shows, so it is never left out."""
+    values = [(i, layer.get(key)) for i, layer in enumerate(layers) if layer.get(key) is not None]
+    if not values:
+        return f"{name} –"
+    peak = max(values, key=lambda v: v[1])
+    return (f"{name} {values[0][1]:.3f} (first) .. {peak[1]:.3f} (peak, layer {peak[0] + 1}) .. "
+            f"{values[-1][1]:.3f} (last)")
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from asc.errors import ConfigError
     from asc.eval.analyze import analyze_runs
@@ -116,11 +127,9 @@ def _analyze(args: argparse.Namespace) -> int:
     results, written = analyze_runs(args.runs, args.out, device=args.device, checkpoint=args.checkpoint,
                                     batch_size=args.batch_size, split=args.split)
     for r in results:
-        first, last = r["layers"][0], r["layers"][-1]
-        cv = [f"{x:.3f}" if x is not None else "–" for x in (first["norm_cv"], last["norm_cv"])]
-        iir = [f"{x:.3f}" if x is not None else "–" for x in (first["iir"], last["iir"])]
-        print(f"{r['model']} / {r['norm']} / seed {r['seed']}: {len(r['layers'])} norm layers; norm CV "
-              f"{cv[0]} (first) .. {cv[1]} (last); IIR {iir[0]} .. {iir[1]}")
+        print(f"{r['model']} / {r['norm']} / seed {r['seed']}: {len(r['layers'])} norm layers; "
+              + "; ".join(_profile(r["layers"], key, name) for key, name in (("norm_cv", "norm CV"),
+                                                                           ("iir", "IIR"))))
     print("wrote " + ", ".join(str(p) for p in written if p.suffix == ".md"))
     return 0
 

@@ -448,7 +448,10 @@ def render_markdown(summary: Mapping, figure: str | None = None,
                   "evaluation input shape, and weight storage.", "", *sizes, ""]
     if curves:
         lines += ["## Curves over epochs", "",
-                  "Mean over seeds, band from the lowest to the highest seed; BN against L2BN per model.", ""]
+                  "Mean over seeds, band from the lowest to the highest seed; BN against L2BN per model. "
+                  "The curves are training's per-epoch records: validation accuracy and test-data angles on "
+                  "the validation clips (train.val_clips), class centres from train.angle_clips; the tables "
+                  "above score every clip of the split, so the last point can differ from them.", ""]
         lines += [f"![{title}]({name})" for title, name in curves] + [""]
     lines += ["## Runs", ""]
     for group in summary["groups"]:

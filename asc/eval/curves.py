@@ -16,16 +16,20 @@ import numpy as np
 
 from asc.fileio import atomic_open
 
-#: figure file stem -> (title, [(panel title, value key, angles?)])
+#: figure file stem -> (title, [(panel title, value key, angles?)]). The curves come from training's
+#: per-epoch records: validation and test-data angles on the validation clips (train.val_clips), class
+#: centres and training-data angles from train.angle_clips, which may be subsets of what reports score.
 FIGURES = {
     "accuracy_loss": ("validation accuracy and training loss (paper Fig. 6)",
-                      [("validation accuracy", "val_acc", False), ("training loss", "train_loss", False)]),
+                      [("validation accuracy, %", "val_acc", False), ("training loss", "train_loss", False)]),
     "iir": ("IIR = intra / inter angle (paper Fig. 7)",
-            [("IIR, training data", "iir_train", True), ("IIR, test data", "iir_test", True)]),
+            [("IIR, training data", "iir_train", True), ("IIR, validation clips", "iir_test", True)]),
     "angles": ("intra- and inter-class angles, degrees (paper Fig. 1)",
                [("intra-angle, training data", "intra_train", True),
-                ("intra-angle, test data", "intra_test", True), ("inter-angle", "inter", True)]),
+                ("intra-angle, validation clips", "intra_test", True), ("inter-angle", "inter", True)]),
 }
+#: keys shown as percentages, as every table shows them
+PERCENT_KEYS = {"val_acc"}
 
 
 def series(histories: Sequence[Sequence[Mapping]], key: str, angles: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +53,7 @@ def write_curves(groups: Sequence[Mapping], histories: Mapping[str, Sequence[Map
                  synthetic: bool = False) -> list[tuple[str, str]]:
     """One PNG per model and figure; returns [(title, file name)] of the figures that have data."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     models = list(dict.fromkeys(g["model"] for g in groups))
@@ -64,6 +69,8 @@ def write_curves(groups: Sequence[Mapping], histories: Mapping[str, Sequence[Map
                     if not len(epochs):
                         continue
                     drawn = True
+                    if key in PERCENT_KEYS:
+                        values = 100 * values
                     line, = ax.plot(epochs, values.mean(0), marker="o", ms=3,
                                     label=f"{g['norm']} (n={values.shape[0]})")
                     if values.shape[0] > 1:
@@ -71,6 +78,7 @@ def write_curves(groups: Sequence[Mapping], histories: Mapping[str, Sequence[Map
                                         alpha=0.2)
                 ax.set_title(panel, fontsize=9)
                 ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
                 ax.grid(alpha=0.3)
                 if i == 0 and ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8)
