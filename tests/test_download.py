@@ -1,4 +1,5 @@
-"""Download against a local HTTP server: md5 table, resume with Range, corruption, zip slip, idempotency."""
+"""Download against a local HTTP server: md5 table, resume with Range, corruption, zip slip, idempotency,
+and servers that never end, trickle, or accept and stay silent (each a bounded one-line error)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import dataclasses
 import hashlib
 import io
 import json
+import socket
 import threading
+import time
 import zipfile
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -36,6 +40,8 @@ class FakeZenodo:
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after: dict[str, int] = {}     # name -> bytes sent before dropping the connection (once)
         self.corrupt_once: set[str] = set()
+        self.hostile: dict[str, list[Callable]] = {}  # name -> handler(request, body, stop) per next GET
+        self.stop = threading.Event()           # set on exit: hostile handlers end their loops
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,6 +66,14 @@ class FakeZenodo:
                     self.end_headers()
                     return
                 body = data[start:]
+                hostile = server.hostile.get(name)
+                if hostile:
+                    try:
+                        hostile.pop(0)(self, body, server.stop)
+                    except OSError:                 # the client hung up, as it should
+                        pass
+                    self.close_connection = True
+                    return
                 self.send_response(206 if rng else 200)
                 if rng:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -84,6 +98,7 @@ class FakeZenodo:
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -197,7 +212,7 @@ def test_missing_file_on_server_is_a_clear_error(tmp_path):
 def test_server_gone_gives_resume_hint(tmp_path):
     with pytest.raises(DataError, match="rerun the same command to resume"):
         fetch_package(Package("x.zip", "0" * 32), "http://127.0.0.1:9/x.zip", tmp_path / "x.zip", retries=1,
-                      retry_wait=0, timeout=2)
+                      retry_wait=0, connect_timeout=2)
 
 
 @pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", f"{ARCHIVE_ROOT}/../../evil.txt",
@@ -364,3 +379,154 @@ def test_download_parser_sets(capsys):
 def test_unknown_dataset_name_in_the_api(tmp_path):
     with pytest.raises(DataError, match="unknown dataset 'nonsense'; choose one of dev, eval"):
         download_tau2020(tmp_path, dataset="nonsense")
+
+
+# ----------------------------------------------------------- servers that never end, trickle or stay silent
+
+DATA = bytes(range(256)) * 40   # 10240 bytes
+FAST = {"retries": 1, "retry_wait": 0, "connect_timeout": 1.0, "stall_bytes": 100, "stall_window": 1.0}
+
+
+def _fetch_data(tmp_path, url: str, data: bytes = DATA, **kw):
+    return fetch_package(_pkg("a.zip", data), url, tmp_path / "a.zip", **{**FAST, **kw})
+
+
+def _one_line_error(call, url: str, seconds: float) -> str:
+    """Run `call`, expect a DataError naming `url`, on one line, within `seconds`."""
+    t = time.monotonic()
+    with pytest.raises(DataError) as exc:
+        call()
+    assert time.monotonic() - t < seconds
+    msg = str(exc.value)
+    assert msg.startswith(url) and "\n" not in msg, msg
+    return msg
+
+
+def _honest_headers(req, body) -> None:
+    """200, or 206 with Content-Range when the request asked for a range; Content-Length of `body`."""
+    rng = req.headers.get("Range")
+    start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
+    req.send_response(206 if rng else 200)
+    if rng:
+        req.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{start + len(body)}")
+    req.send_header("Content-Length", str(len(body)))
+    req.end_headers()
+
+
+def _endless(req, body, stop):
+    """No Content-Length and a body that never ends."""
+    req.send_response(200)
+    req.end_headers()
+    req.wfile.write(body)
+    while not stop.is_set():
+        req.wfile.write(b"\0" * 65536)
+
+
+def _trickle(req, body, stop):
+    """Honest headers, then one byte every 0.2 s."""
+    _honest_headers(req, body)
+    for i in range(len(body)):
+        if stop.wait(0.2):
+            return
+        req.wfile.write(body[i:i + 1])
+
+
+def _slow_headers(req, body, stop):
+    for i, _ in enumerate(status := b"HTTP/1.1 200 OK\r\nContent-Length: 10240\r\n\r\n"):
+        if stop.wait(0.2):
+            return
+        req.wfile.write(status[i:i + 1])
+
+
+def _half_then_silent(req, body, stop):
+    _honest_headers(req, body)
+    req.wfile.write(body[:4000])
+    stop.wait(30)
+
+
+def test_endless_body_stops_at_the_published_size(tmp_path):
+    with FakeZenodo({"a.zip": DATA}) as server:
+        server.hostile["a.zip"] = [_endless]
+        url = server.url + "a.zip"
+        msg = _one_line_error(lambda: _fetch_data(tmp_path, url), url, 5)
+        assert "runs past the published size of 10240 bytes" in msg
+        assert (tmp_path / "a.zip.part").read_bytes() == DATA      # nothing kept beyond the size
+        assert _fetch_data(tmp_path, url).read_bytes() == DATA       # a rerun checks it, asks nothing
+        assert len(server.requests) == 1
+
+
+def test_announced_size_other_than_the_published_one_is_refused(tmp_path):
+    with FakeZenodo({"a.zip": DATA + b"more"}) as server:
+        url = server.url + "a.zip"
+        msg = _one_line_error(lambda: _fetch_data(tmp_path, url), url, 5)
+    assert "announces 10244 bytes where the published size is 10240" in msg
+    assert not (tmp_path / "a.zip.part").exists()
+
+
+def test_trickling_body_is_a_stall_and_each_retry_resumes(tmp_path):
+    with FakeZenodo({"a.zip": DATA}) as server:
+        server.hostile["a.zip"] = [_trickle, _trickle]
+        url = server.url + "a.zip"
+        msg = _one_line_error(lambda: _fetch_data(tmp_path, url), url, 6)
+        ranges = [r for _, r in server.requests]
+    assert "stalled: fewer than 100 bytes in 1 s" in msg and "after 2 attempts" in msg
+    kept = (tmp_path / "a.zip.part").read_bytes()
+    assert 0 < len(kept) < 100 and DATA.startswith(kept) and f"resume from {len(kept)} bytes" in msg
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
+
+
+def test_trickled_headers_are_bounded_by_the_connect_timeout(tmp_path):
+    with FakeZenodo({"a.zip": DATA}) as server:
+        server.hostile["a.zip"] = [_slow_headers, _slow_headers]
+        url = server.url + "a.zip"
+        msg = _one_line_error(lambda: _fetch_data(tmp_path, url), url, 6)
+    assert "no answer within 1 s" in msg
+
+
+def test_server_that_accepts_and_stays_silent(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as srv:    # listens, never accepts, never answers
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/a.zip"
+        msg = _one_line_error(lambda: _fetch_data(tmp_path, url), url, 6)
+    assert "no answer within 1 s" in msg and "rerun the same command" in msg
+
+
+def test_connection_that_never_completes_times_out(tmp_path):
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        held = []
+        try:
+            for _ in range(8):       # fill the accept queue until a new connection hangs
+                try:
+                    held.append(socket.create_connection(("127.0.0.1", port), timeout=0.3))
+                except OSError:
+                    break
+            else:
+                pytest.skip("this system does not leave connections to a full accept queue hanging")
+            url = f"http://127.0.0.1:{port}/a.zip"
+            msg = _one_line_error(lambda: _fetch_data(tmp_path, url), url, 6)
+        finally:
+            for conn in held:
+                conn.close()
+    assert "no connection within 1 s" in msg
+
+
+def test_transfer_that_stalls_midway_resumes(tmp_path, fake_set):
+    files, packages = fake_set
+    name = f"{ARCHIVE_ROOT}.audio.1.zip"
+    with FakeZenodo(files) as server:
+        server.hostile[name] = [_half_then_silent]
+        t = time.monotonic()
+        download_tau2020(tmp_path / "tau", server.url, packages, log=lambda *_: None,
+                         **{**FAST, "retries": 2})
+        assert time.monotonic() - t < 5
+        assert [r for n, r in server.requests if n == name] == [None, "bytes=4000-"]
+    assert (tmp_path / "tau/audio/bus-paris-5-100-a.wav").read_bytes() == bytes(range(256)) * 400
+
+
+def test_part_file_longer_than_the_archive_is_fetched_again(tmp_path):
+    (tmp_path / "a.zip.part").write_bytes(DATA + b"junk")
+    with FakeZenodo({"a.zip": DATA}) as server:
+        assert _fetch_data(tmp_path, server.url + "a.zip").read_bytes() == DATA
+        assert [r for _, r in server.requests] == [None]

@@ -6,10 +6,16 @@ interruption), checked against its published md5, then extracted — refusing ab
 and links — so that DIR holds `audio/` and `evaluation_setup/` (plus `meta.csv` for the development
 set). A per-archive marker makes reruns skip finished archives; a final marker makes a rerun of a
 finished download a no-op. One DIR holds one set: the two share file names (fold1_test.csv).
+
+Every transfer has an end: a body is never read past the published size (nor accepted when the server
+announces another size), the server must answer within `connect_timeout` seconds and then deliver at
+least `stall_bytes` in every `stall_window` seconds, all measured by wall clock, so a server that streams
+forever, trickles a byte at a time or accepts and stays silent costs bounded time and disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -17,6 +23,7 @@ import os
 import shutil
 import socket
 import stat
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +41,9 @@ ARCHIVE_ROOT = "TAU-urban-acoustic-scenes-2020-mobile-development"
 DOWNLOAD_DIR = ".download"
 COMPLETE_MARKER = ".download-complete.json"
 CHUNK = 1 << 20
+CONNECT_TIMEOUT = 30.0      # seconds for the connection and the response headers
+STALL_BYTES = 64 << 10      # a body must deliver at least this many bytes ...
+STALL_WINDOW = 60.0         # ... in every window of this many seconds (about 1 KiB/s)
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,12 @@ def dataset_spec(name: str) -> DatasetSpec:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
 
 
-_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
+class _Stalled(Exception):
+    """A transfer stopped by the watchdog; the message says which deadline passed."""
+
+
+_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError,
+              _Stalled)
 
 
 def _md5_of(path: Path):
@@ -172,47 +187,218 @@ def _md5_of(path: Path):
     return h
 
 
-def _fetch(url: str, part: Path, size_hint: int | None, timeout: float) -> str:
-    """Append the rest of `url` to `part` (Range from its current size); returns the md5 of the whole."""
+class _Watchdog:
+    """Wall-clock deadlines for one request, enforced by shutting its socket down.
+
+    A socket timeout bounds each read, not their sum: a server sending a byte every 20 s, or trickling
+    its headers, never trips it. This thread gives the server `connect_timeout` seconds to answer
+    (headers included), then `stall_window` seconds for every `stall_bytes` of body; when a deadline
+    passes it shuts the socket, which wakes the blocked read, and `reason` says which one passed.
+    """
+
+    def __init__(self, connect_timeout: float, stall_bytes: int, stall_window: float) -> None:
+        self.stall_bytes, self.stall_window = stall_bytes, stall_window
+        self.backstop = max(connect_timeout, stall_window) + 1.0   # per-read socket timeout, never the limit
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._deadline = time.monotonic() + connect_timeout
+        self._why = f"no answer within {connect_timeout:g} s"
+        self._need = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="asc-download-watchdog", daemon=True)
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def attach(self, sock: socket.socket) -> None:
+        """The socket of the current connection (a redirect opens another)."""
+        with self._lock:
+            self._sock = sock
+            fired = self.reason is not None
+        if fired:
+            self._shut(sock)
+
+    def answered(self) -> None:
+        """Headers are in: from now on the body must keep flowing."""
+        with self._lock:
+            self._deadline = time.monotonic() + self.stall_window
+            self._need = self.stall_bytes
+            self._why = f"stalled: fewer than {self.stall_bytes} bytes in {self.stall_window:g} s"
+            sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.backstop)
+
+    def received(self, n: int) -> None:
+        with self._lock:
+            self._need -= n
+            if self._need <= 0:
+                self._deadline = time.monotonic() + self.stall_window
+                self._need = self.stall_bytes
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _shut(sock: socket.socket | None) -> None:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)   # the plain call: leaves TLS state alone
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    self.reason = self._why
+                    sock = self._sock
+            if left <= 0:
+                self._shut(sock)
+                return
+            if self._stop.wait(left):
+                return
+
+
+def _opener(watch: _Watchdog) -> urllib.request.OpenerDirector:
+    """urllib's opener (redirects, proxies, TLS as usual) whose connections hand their sockets to `watch`."""
+
+    def watched(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        class Connection(base):  # type: ignore[valid-type, misc]
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                create = self._create_connection
+
+                def create_and_attach(*a, **kw):   # the raw socket, so a silent TLS handshake is bounded too
+                    sock = create(*a, **kw)
+                    watch.attach(sock)
+                    return sock
+
+                self._create_connection = create_and_attach
+
+            def connect(self) -> None:
+                super().connect()
+                watch.attach(self.sock)
+
+        return Connection
+
+    http_conn, https_conn = watched(http.client.HTTPConnection), watched(http.client.HTTPSConnection)
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(http_conn, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(https_conn, req, context=self._context)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+
+
+def _announced(resp: http.client.HTTPResponse) -> int | None:
+    length = resp.headers.get("Content-Length")
+    try:
+        return int(length) if length is not None else None
+    except ValueError:
+        return None
+
+
+def _fetch(url: str, part: Path, size: int | None, connect_timeout: float, stall_bytes: int,
+           stall_window: float) -> str:
+    """Append the rest of `url` to `part` (Range from its current size); returns the md5 of the whole.
+
+    With a published `size`, nothing beyond it is requested, read or kept."""
     from asc.progress import progress
 
     have = part.stat().st_size if part.exists() else 0
+    if size is not None and have > size:   # longer than the archive can be: not a prefix of it
+        part.unlink()
+        have = 0
     h = _md5_of(part) if have else hashlib.md5()
+    if size is not None and have == size:   # complete already: the md5 decides
+        return h.hexdigest()
     req = urllib.request.Request(url, headers={"User-Agent": "asc-l2bn"})
     if have:
         req.add_header("Range", f"bytes={have}-")
+    watch = _Watchdog(connect_timeout, stall_bytes, stall_window)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left to fetch: the part file is complete
-            return h.hexdigest()
-        raise
-    with resp:
-        if have and resp.status != 206:  # the server ignored Range: start over
-            have, h = 0, hashlib.md5()
-            part.unlink(missing_ok=True)
-        length = resp.headers.get("Content-Length")
-        total = have + int(length) if length is not None else size_hint
-        bar = progress(total=total, initial=have, desc=part.name.removesuffix(".part"), unit="B",
-                       unit_scale=True, unit_divisor=1024)
-        received = 0
         try:
-            with open(part, "ab") as fh:
-                for block in iter(lambda: resp.read(CHUNK), b""):
-                    fh.write(block)
-                    h.update(block)
-                    received += len(block)
-                    bar.update(len(block))
-        finally:
-            bar.close()
-        if length is not None and received < int(length):
-            raise http.client.IncompleteRead(b"", int(length) - received)
+            resp = _opener(watch).open(req, timeout=connect_timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # nothing left to fetch: the part file is complete
+                return h.hexdigest()
+            raise
+        except Exception as exc:
+            if watch.reason and watch.connected:   # else a failed connect, which says so itself
+                raise _Stalled(watch.reason) from exc
+            raise
+        watch.answered()
+        with resp:
+            if have and resp.status != 206:  # the server ignored Range: start over
+                have, h = 0, hashlib.md5()
+                part.unlink(missing_ok=True)
+            length = _announced(resp)
+            if size is not None and length is not None and have + length != size:
+                raise DataError(f"{url}: the server announces {have + length} bytes where the published size "
+                                f"is {size}; nothing was kept, check --base-url")
+            left = None if size is None else size - have
+            total = size if size is not None else (have + length if length is not None else None)
+            bar = progress(total=total, initial=have, desc=part.name.removesuffix(".part"), unit="B",
+                           unit_scale=True, unit_divisor=1024)
+            received = 0
+            try:
+                with open(part, "ab") as fh:
+                    while left is None or received < left:
+                        block = resp.read1(CHUNK if left is None else min(CHUNK, left - received))
+                        if not block:
+                            break
+                        fh.write(block)
+                        h.update(block)
+                        received += len(block)
+                        watch.received(len(block))
+                        bar.update(len(block))
+                    if left is not None and received == left and not watch.reason and resp.read1(1):
+                        raise DataError(f"{url}: the body runs past the published size of {size} bytes; "
+                                        "stopped there and kept nothing beyond it, check --base-url")
+            except _TRANSIENT as exc:
+                if watch.reason:
+                    raise _Stalled(watch.reason) from exc
+                raise
+            finally:
+                bar.close()
+            if watch.reason and (left is None or received < left):
+                raise _Stalled(watch.reason)
+            if length is not None and received < length:
+                raise http.client.IncompleteRead(b"", length - received)
+    finally:
+        watch.close()
     return h.hexdigest()
 
 
+def _describe(exc: BaseException, connect_timeout: float) -> str:
+    """One line for why an attempt failed."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, urllib.error.URLError) and isinstance(reason, (socket.timeout, TimeoutError)):
+        text = f"no connection within {connect_timeout:g} s"
+    elif isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        text = str(reason)
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 def fetch_package(pkg: Package, url: str, dest: Path, *, retries: int = 5, retry_wait: float = 2.0,
-                  timeout: float = 60.0) -> Path:
-    """Download `url` to `dest` with resume and md5 check; a corrupt result is fetched again once."""
+                  connect_timeout: float = CONNECT_TIMEOUT, stall_bytes: int = STALL_BYTES,
+                  stall_window: float = STALL_WINDOW) -> Path:
+    """Download `url` to `dest` with resume and md5 check; a corrupt result is fetched again once.
+
+    A failed attempt (dropped, refused, silent or stalled) is retried `retries` times after waits of
+    `retry_wait`, 2x, 4x, ... seconds, each resuming where the last stopped; each attempt without
+    progress ends within about 2 x `connect_timeout` + `stall_window` seconds, so giving up takes
+    bounded time. Smaller thresholds make tests fast."""
     part = dest.with_name(dest.name + ".part")
     if dest.exists():
         if _md5_of(dest).hexdigest() == pkg.md5:
@@ -222,7 +408,7 @@ def fetch_package(pkg: Package, url: str, dest: Path, *, retries: int = 5, retry
     failures = 0
     while True:
         try:
-            digest = _fetch(url, part, pkg.size, timeout)
+            digest = _fetch(url, part, pkg.size, connect_timeout, stall_bytes, stall_window)
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code != 429:
                 raise DataError(f"{url}: HTTP {exc.code} {exc.reason}; check --base-url") from None
@@ -241,8 +427,10 @@ def fetch_package(pkg: Package, url: str, dest: Path, *, retries: int = 5, retry
             continue
         failures += 1
         if failures > retries:
-            raise DataError(f"{url}: download interrupted ({error}); rerun the same command to resume "
-                            f"from {part.stat().st_size if part.exists() else 0} bytes")
+            why, tries = _describe(error, connect_timeout), f"{failures} attempt{'s' * (failures > 1)}"
+            raise DataError(f"{url}: download interrupted ({why}) after {tries}; "
+                            f"check the network or --base-url, then rerun the same command to resume from "
+                            f"{part.stat().st_size if part.exists() else 0} bytes")
         time.sleep(retry_wait * 2 ** (failures - 1))
 
 
@@ -322,7 +510,8 @@ def _refuse_other_set(to: Path, spec: DatasetSpec) -> None:
 def download_tau2020(to: str | os.PathLike, base_url: str | None = None,
                      packages: Sequence[Package] | None = None, *, dataset: str = "dev",
                      keep_archives: bool = False, retries: int = 5, retry_wait: float = 2.0,
-                     timeout: float = 60.0, log=print) -> Path:
+                     connect_timeout: float = CONNECT_TIMEOUT, stall_bytes: int = STALL_BYTES,
+                     stall_window: float = STALL_WINDOW, log=print) -> Path:
     """Fetch, verify and extract every package of `dataset` (a DATASETS key) into `to`; safe to rerun
     after any interruption. `base_url` and `packages` override the record's (mirrors, tests)."""
     spec = dataset_spec(dataset)
@@ -356,7 +545,8 @@ def download_tau2020(to: str | os.PathLike, base_url: str | None = None,
             continue
         log(f"[{i}/{len(packages)}] {pkg.filename}")
         archive = fetch_package(pkg, base + pkg.filename, work / pkg.filename, retries=retries,
-                                retry_wait=retry_wait, timeout=timeout)
+                                retry_wait=retry_wait, connect_timeout=connect_timeout,
+                                stall_bytes=stall_bytes, stall_window=stall_window)
         count = extract_archive(archive, to, spec.root)
         atomic_write_json(done_marker, {"md5": pkg.md5, "files": count})
         if not keep_archives:

@@ -1,19 +1,28 @@
 """Loader for the native L2BN passes (`csrc/l2bn_kernels.c`), compiled on first use.
 
 The C file needs no torch headers, so it builds in well under a second with the system C compiler
-into a per-user cache (keyed by source, compiler flags and CPU) and is called through ctypes. It
-links against the same OpenMP runtime torch already loaded, so both share one thread pool.
-Without a compiler, or with ASC_NATIVE=0, every caller falls back to torch ops (same results).
+into a per-user cache (keyed by source, compiler flags and CPU; `ASC_CACHE_DIR` moves it) and is called
+through ctypes. It links against the same OpenMP runtime torch already loaded, so both share one thread
+pool. Without a compiler, or with ASC_NATIVE=0, every caller falls back to torch ops (same results).
+
+Loading a shared library runs its constructors, so only what this module built is loaded: the cache
+folder is made 0700, each build's sha256 is recorded in a sidecar JSON, and a kernel file is refused
+(torch ops, one warning) when its folder or itself is writable by others or owned by another user, when
+it is not a regular file, or when its hash differs from the record. The checked file is loaded through
+its open descriptor, so it cannot be swapped between the check and the load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
+import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -41,27 +50,151 @@ def _cpu_tag() -> str:
 
 
 def cache_dir() -> Path:
+    """Where built kernels live: $ASC_CACHE_DIR/kernels, else $XDG_CACHE_HOME (~/.cache)/asc-l2bn/kernels."""
     base = os.environ.get("ASC_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "asc-l2bn")
     return Path(base) / "kernels"
 
 
+class _Refused(Exception):
+    """A kernel file or folder that is not certainly ours; the message says which and what to do."""
+
+
+def _writable_by_others(st: os.stat_result) -> bool:
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _private_dir() -> Path:
+    """The cache folder, created 0700; refused unless it is ours and nobody else can write to it."""
+    d = cache_dir()
+    d.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise _Refused(f"{d} is not a folder; remove it so the kernel can be rebuilt") from None
+    st = d.stat()
+    if st.st_uid != os.getuid():
+        raise _Refused(f"{d} belongs to another user; set ASC_CACHE_DIR to a folder of yours")
+    if _writable_by_others(st):
+        raise _Refused(f"{d} is writable by other users; run chmod 700 {d}")
+    return d
+
+
+def _record_path(so: Path) -> Path:
+    return so.with_suffix(".json")
+
+
+def _sha256_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while block := os.read(fd, 1 << 20):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _open_checked(path: Path) -> int:
+    """An O_RDONLY descriptor of `path`, refused unless a regular file of ours that only we can write."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise _Refused(f"{path} is a link, not a regular file; delete it to rebuild") from None
+        raise _Refused(f"{path} cannot be opened ({exc.strerror}); delete it to rebuild") from None
+    st = os.fstat(fd)
+    why = ("is not a regular file" if not stat.S_ISREG(st.st_mode)
+           else "belongs to another user" if st.st_uid != os.getuid()
+           else "is writable by other users" if _writable_by_others(st) else None)
+    if why:
+        os.close(fd)
+        raise _Refused(f"{path} {why}; delete it to rebuild")
+    return fd
+
+
+def _recorded_sha256(so: Path) -> str:
+    record = _record_path(so)
+    fd = _open_checked(record)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            sha = json.loads(fh.read()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        sha = None
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise _Refused(f"{record} is not a kernel record; delete it and {so.name} to rebuild")
+    return sha
+
+
+def _write_record(so: Path, sha: str, cc: str) -> None:
+    """The sidecar, written atomically and private (temp file + rename)."""
+    record = _record_path(so)
+    fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=record.parent)   # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"file": so.name, "sha256": sha, "compiler": cc, "flags": _FLAGS}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, record)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _build(cc: str) -> Path:
+    """The kernel for this source, compiler and CPU: built unless a recorded build is there.
+
+    A kernel file without a record (an older cache, or anything else under that name) is replaced by a
+    fresh build, never loaded. One builder at a time (a lock file): DataLoader workers and DDP ranks
+    build once and never pair one build's record with another's file."""
     src = _SRC.read_bytes()
     key = hashlib.sha256(src + " ".join([cc, *_FLAGS, _cpu_tag(), sys.platform]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"l2bn_{key}.so"
-    if out.exists():
+    d = _private_dir()
+    out, record = d / f"l2bn_{key}.so", _record_path(d / f"l2bn_{key}.so")
+
+    def built() -> bool:
+        return os.path.lexists(out) and os.path.lexists(record)
+
+    if built():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".l2bn_", suffix=".so", dir=out.parent)
-    os.close(fd)
+    lock = os.open(d / f".l2bn_{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        subprocess.run([cc, *_FLAGS, str(_SRC), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
-        os.replace(tmp, out)  # atomic: concurrent builders (DataLoader workers, DDP ranks) are safe
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if built():   # another process built it meanwhile
+            return out
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record)   # a record without its file: readers wait for the lock until the new pair
+        fd, tmp = tempfile.mkstemp(prefix=".l2bn_", suffix=".so", dir=d)
+        os.close(fd)
+        try:
+            subprocess.run([cc, *_FLAGS, str(_SRC), "-o", tmp, "-lm"], check=True, capture_output=True,
+                           text=True)
+            os.chmod(tmp, 0o700)   # the linker gives 0777 & ~umask: group-writable under umask 002
+            sha = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+            os.replace(tmp, out)   # atomic: a reader sees no file or a whole one
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _write_record(out, sha, cc)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.close(lock)
     return out
+
+
+def _load_checked(path: Path) -> ctypes.CDLL:
+    """dlopen `path` only if it passes the file checks and its sha256 is the one recorded at build."""
+    expected = _recorded_sha256(path)
+    fd = _open_checked(path)
+    try:
+        if _sha256_fd(fd) != expected:
+            raise _Refused(f"{path} is not the kernel that was built here (sha256 differs from "
+                           f"{_record_path(path).name}); delete both to rebuild")
+        # Through the descriptor, not the name: what is loaded is exactly what was hashed. The descriptor
+        # stays open after a load, so no later load reuses its /proc name, which the dynamic loader would
+        # answer with the library it already holds under that name.
+        lib = ctypes.CDLL(f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return lib
 
 
 def _load() -> ctypes.CDLL | None:
@@ -75,10 +208,15 @@ def _load() -> ctypes.CDLL | None:
     if cc is None:
         return None
     try:
-        lib = ctypes.CDLL(str(_build(cc)))
+        lib = _load_checked(_build(cc))
+    except _Refused as exc:
+        warnings.warn(f"asc: not loading the native L2BN kernels, using torch ops: {exc}", RuntimeWarning,
+                      stacklevel=3)
+        return None
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
-        warnings.warn(f"asc: native L2BN kernels unavailable, using torch ops ({detail.strip()[:200]})",
+        detail = " ".join(detail.split())[:200]
+        warnings.warn(f"asc: native L2BN kernels unavailable, using torch ops ({detail})",
                       RuntimeWarning, stacklevel=3)
         return None
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
@@ -92,6 +230,7 @@ def _load() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
+    """Whether the native passes are loaded (built, checked and loaded on the first call)."""
     return _load() is not None
 
 
