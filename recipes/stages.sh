@@ -175,11 +175,39 @@ _reap() {
 # a complete run is skipped, a partial one resumed (a folder without a checkpoint is taken over);
 # with gpus > 1 the processes of each run are started by torchrun
 train_all() {
-  local i model norm seed dir cmd
+  local i model norm seed dir cmd done_runs=() extend=""
+  for i in "${!run_dirs[@]}"; do  # a finished run is skipped only if it was trained as asked now
+    [ -f "${run_dirs[$i]}/COMPLETED" ] && done_runs+=("${run_dirs[$i]} ${run_specs[$i]}")
+  done
+  if [ ${#done_runs[@]} -gt 0 ]; then
+    extend=$("$py" - "$task" "$profile" "$(printf '%s\n' "${done_runs[@]}")" "$@" "${overrides[@]}" <<'PY'
+
+import sys
+from asc.errors import AscError
+from asc.train.recipe import resume_recipe
+
+task, profile, runs, *args = sys.argv[1:]
+overrides = [a for a in args if a != "--set"]
+for line in runs.splitlines():
+    run_dir, model, norm, seed = line.rsplit(" ", 3)
+    try:  # the data (its cache), the features and every option must be the run's own
+        recipe = resume_recipe(run_dir, f"recipes/{task}/{model}.yaml", profile=profile, overrides=overrides,
+                               norm=norm, seed=int(seed))
+    except AscError as exc:
+        sys.exit(f"{exc} (the run in {run_dir} is finished: give another --exp to train anew)")
+    import json
+    from pathlib import Path
+
+    done = json.loads((Path(run_dir) / "COMPLETED").read_text()).get("epochs")
+    if recipe["train"]["epochs"] != done:
+        print(run_dir)  # more epochs asked: resumed, not skipped
+PY
+    ) || exit 2
+  fi
   for i in "${!run_dirs[@]}"; do
     read -r model norm seed <<<"${run_specs[$i]}"
     dir=${run_dirs[$i]}
-    if [ -f "$dir/COMPLETED" ]; then
+    if [ -f "$dir/COMPLETED" ] && ! grep -qxF "$dir" <<<"$extend"; then
       log "  $dir: complete, skipped"
       continue
     fi

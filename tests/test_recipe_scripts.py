@@ -111,6 +111,15 @@ def test_run_dcase_on_a_folder_dataset_of_its_own_classes(tmp_path):
     assert "## Per class" in page and "Per device" not in page and "departure_hall" in page
     compare = (tmp_path / "exp" / "compare" / "compare.md").read_text()
     assert "Accuracy per device" not in compare and "unseen" not in compare
+    # other data into the same experiment folder: the finished runs are not taken for its runs
+    synthesize(tmp_path / "other", preset="tiny", duration=2.0, seed=1, workers=1, layout="folder")
+    again = _run(["recipes/run_dcase.sh", "--data", str(tmp_path / "other"), "--cache", str(tmp_path / "c2"),
+                  "--exp", str(tmp_path / "exp"), "--nj", "1", "--models", "fcnn", "--stage", "1",
+                  "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
+                  "--set", "train.val_clips=null"])
+    assert again.returncode == 2 and "complete, skipped" not in again.stdout
+    assert "the run was trained with other settings (data.cache:" in again.stderr, again.stderr[-2000:]
+    assert "data.cache_dir:" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
 
 def test_run_cifar_quick_on_tiny_synthetic_set(tmp_path):
