@@ -189,3 +189,92 @@ def test_links_that_loop_or_point_nowhere_are_named_as_such(tmp_path):
     assert file_problem(tmp_path / "nope.wav") == "no such audio file"
     with pytest.raises(DataError, match=r"loop.wav: symbolic link loop"):
         load_audio(tmp_path / "loop.wav")
+
+
+@pytest.mark.parametrize("rate", [1, 999, 800_000])
+def test_header_rates_no_recording_has_are_refused_before_decoding(tmp_path, rate):
+    """A 4-KB file whose header says 1 Hz would be upsampled to gigabytes: refused by name, in the
+    loader and in the verdict `asc data check` gives alike."""
+    path = tmp_path / f"rate{rate}.wav"
+    sf.write(path, np.zeros(2000, np.float32), rate, subtype="PCM_16")
+    for read in (lambda: load_audio(path, duration=None), lambda: load_audio(path, duration=1.0),
+                 lambda: check_audio(path)):
+        with pytest.raises(DataError, match=rf"rate{rate}.wav: sample rate {rate} Hz is outside 1000-768000"):
+            read()
+
+
+def test_rates_at_the_limits_are_read(tmp_path):
+    for rate in (1000, 768_000):
+        sf.write(tmp_path / "r.wav", _tone(rate, 0.01), rate, subtype="PCM_16")
+        assert load_audio(tmp_path / "r.wav", sr=8000, duration=None).shape == (80,)
+
+
+def test_files_longer_than_the_limit_are_refused_when_read_whole(tmp_path, monkeypatch):
+    from asc.data import audio
+
+    sf.write(tmp_path / "long.wav", _tone(8000, 2.0), 8000, subtype="PCM_16")
+    monkeypatch.setattr(audio, "MAX_AUDIO_S", 1.0)
+    with pytest.raises(DataError, match=r"long.wav: 0.0 h of audio, more than the 0.000277778 h"):
+        load_audio(tmp_path / "long.wav", sr=8000, duration=None)
+    assert load_audio(tmp_path / "long.wav", sr=8000, duration=0.5).shape == (4000,)  # a clip of it is fine
+
+
+@pytest.mark.parametrize("peak", [1e6, 1e20, 1e37])
+def test_loud_finite_samples_resample_without_overflow(tmp_path, peak):
+    x = _tone(48000, 0.2)
+    sf.write(tmp_path / "loud.wav", (x * (peak / 0.5)).astype(np.float32), 48000, subtype="FLOAT")
+    y = load_audio(tmp_path / "loud.wav", sr=44100, duration=None)
+    sf.write(tmp_path / "quiet.wav", x.astype(np.float32), 48000, subtype="FLOAT")
+    ref = load_audio(tmp_path / "quiet.wav", sr=44100, duration=None)
+    assert np.isfinite(y).all()
+    assert np.abs(y / (peak / 0.5) - ref).max() < 1e-6
+
+
+def test_samples_at_the_float32_limit_that_overflow_when_resampled_are_named(tmp_path):
+    x = np.full(4800, 3.3e38, np.float32)
+    x[2400:] = -3.3e38  # a step at the limit overshoots (Gibbs) past float32's 3.4e38 when filtered
+    sf.write(tmp_path / "edge.wav", x, 48000, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"edge.wav: samples up to 3.3e\+38 leave the float32 range"):
+        load_audio(tmp_path / "edge.wav", sr=44100, duration=None)
+
+
+@pytest.mark.parametrize("value, words", [(0.0, "every sample is 0 (silence)"),
+                                          (0.25, "every sample is 0.25")])
+def test_constant_files_are_reported_and_still_read(tmp_path, value, words):
+    sf.write(tmp_path / "flat.wav", np.full((8000, 2), value, np.float32), 16000, subtype="FLOAT")
+    heard = []
+    y = load_audio(tmp_path / "flat.wav", sr=8000, duration=None, on_constant=heard.append)
+    assert y.shape == (4000,) and len(heard) == 1
+    assert str(tmp_path / "flat.wav") in heard[0] and words in heard[0]
+    heard.clear()
+    load_audio(tmp_path / "flat.wav", sr=8000, duration=None, on_constant=heard.append, mono=False)
+    assert len(heard) == 1
+    sf.write(tmp_path / "tone.wav", _tone(16000, 0.5), 16000)
+    load_audio(tmp_path / "tone.wav", sr=8000, duration=None, on_constant=heard.append)
+    assert len(heard) == 1  # a tone is not constant
+
+
+def test_stereo_that_cancels_to_silence_is_reported(tmp_path):
+    x = _tone(8000, 0.5)
+    sf.write(tmp_path / "cancel.wav", np.stack([x, -x], axis=1), 8000, subtype="FLOAT")
+    heard = []
+    load_audio(tmp_path / "cancel.wav", sr=8000, duration=None, on_constant=heard.append)
+    assert len(heard) == 1 and "silence" in heard[0]
+
+
+def test_conform_checks_the_rate_of_arrays():
+    from asc.data.audio import conform
+
+    with pytest.raises(DataError, match=r"mine: sample rate 1 Hz"):
+        conform(np.zeros((100, 1), np.float32), 1, 8000, name="mine")
+
+
+def test_check_audio_reads_float_files_in_blocks(tmp_path, monkeypatch):
+    from asc.data import audio
+
+    monkeypatch.setattr(audio, "_CHECK_BLOCK", 1000)
+    x = _tone(8000, 1.0).astype(np.float32)
+    x[[10, 4500, 7999]] = np.nan
+    sf.write(tmp_path / "nan3.wav", x, 8000, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"nan3.wav: 3 NaN/Inf samples"):
+        check_audio(tmp_path / "nan3.wav")

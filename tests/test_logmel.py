@@ -32,6 +32,13 @@ def _scene_like(seconds: float, sr: int = 44100, seed: int = 0) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def _noisy(seconds: float, sr: int) -> np.ndarray:
+    """Noise and a tone throughout: every mel band well above the log offset."""
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.1 * np.random.default_rng(1).standard_normal(t.size) + 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    return y.astype(np.float32)
+
+
 def _librosa_reference(y: np.ndarray, cfg: dict) -> np.ndarray:
     """float64 librosa log-mel (padding and per-clip min-max as the config says), deltas by the
     regression formula, stacked as the paper's recipe."""
@@ -187,6 +194,13 @@ def test_hash_ignores_spelling_and_storage_but_not_values():
     ("storage:\n  dtype: int8\n", "storage.dtype"),
     ("storage:\n  shards: 3\n", "storage.shards"),
     ("deltas: 1\n", "deltas"),
+    ("n_fft: 1048576\n", "n_fft"),                                    # beyond any scene feature
+    ("sample_rate: 1\n", "sample_rate"),                              # no recording has it
+    ("sample_rate: 2000000\n", "sample_rate"),
+    ("n_fft: 64\nn_mels: 40\n", "n_mels"),                             # more bands than bins
+    ("duration: 1.0e6\n", "duration"),                                # beyond the longest clip
+    ("duration: 0.5\nn_fft: 32768\n", "n_fft"),                        # longer than the clip
+    ("duration: 600.0\nhop_length: 1\nn_fft: 2048\n", "hop_length"),   # 26 M frames per clip
 ])
 def test_bad_configs_name_file_and_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"
@@ -210,3 +224,41 @@ def test_reflect_padding_option_matches_librosa_and_padding_matters():
         ref = np.log(librosa.feature.melspectrogram(y=y.astype(np.float64), pad_mode=mode, **kw) + 1e-8)
         assert np.abs(ours[mode] - ref).max() < 1e-4, mode
     assert np.abs(ours["constant"] - ours["reflect"]).max() > 1.0
+
+
+def test_bind_duration_checks_n_fft_against_the_datasets_clips():
+    cfg = resolve_feature_config({"n_fft": 16384, "hop_length": 8192, "n_mels": 64})
+    assert cfg["duration"] is None  # no clip length yet: nothing to compare with
+    with pytest.raises(ConfigError, match=r"recipe: n_fft: 16384 is longer than the clip \(duration 0.2 s"):
+        bind_duration(cfg, 0.2, source="recipe")
+    assert bind_duration(cfg, 3.0)["duration"] == 3.0
+
+
+@pytest.mark.parametrize("peak", [1e5, 1e20, 3e38])
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_loud_finite_audio_gives_finite_features_shifted_by_the_gain(peak, power):
+    """|X|^2 of samples near 1e20 overflows float32; the extractor scales such rows by a power of two
+    and puts the gain back in the log domain, so the log-mel is the quiet clip's plus power*log(gain)."""
+    cfg = resolve_feature_config({"duration": 0.5, "sample_rate": 16000, "n_fft": 512, "hop_length": 256,
+                                  "n_mels": 40, "scaling": "none", "power": power})
+    y = _noisy(0.5, 16000)  # no silence: log(mel + 1e-8) is dominated by mel at every gain
+    gain = peak / float(np.abs(y).max())
+    loud = (y.astype(np.float64) * gain).astype(np.float32)
+    assert np.isfinite(loud).all()
+    extractor = LogMelExtractor(cfg)
+    quiet_out, loud_out = extractor(np.stack([y, loud])).numpy()  # one normal and one loud row together
+    assert np.isfinite(loud_out).all()
+    shift = power * np.log(float(gain))
+    assert np.abs(loud_out[0] - quiet_out[0] - shift).max() < 1e-4 * power * np.log(peak)
+    assert np.abs(loud_out[1:] - quiet_out[1:]).max() < 1e-3  # deltas do not see the gain
+    # a normal row takes the plain float32 path: bit-identical alone and beside a loud row
+    assert np.array_equal(extractor.numpy(y), quiet_out)
+
+
+def test_loud_minmax_features_equal_the_quiet_ones():
+    cfg = resolve_feature_config({"duration": 1.0, "sample_rate": 16000, "n_fft": 512, "hop_length": 256,
+                                  "n_mels": 40})
+    y = _noisy(1.0, 16000)
+    extractor = LogMelExtractor(cfg)
+    quiet, loud = extractor.numpy(y), extractor.numpy((y.astype(np.float64) * 1e30).astype(np.float32))
+    assert np.isfinite(loud).all() and np.abs(quiet - loud).max() < 1e-4

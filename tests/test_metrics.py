@@ -159,3 +159,28 @@ def test_angle_metrics_errors():
         M.angle_metrics(x, [0, 1])
     with pytest.raises(ValueError, match="both"):
         M.angle_metrics(x, [0, 1, 1], test_feats=x)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_refused_not_scored_as_class_0(bad):
+    """argmax of a NaN row is 0: a broken clip would count as the first class without this check."""
+    logits = np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 0.0], [3.0, 1.0, 2.0]])
+    logits[1, 2] = bad
+    with pytest.raises(M.NonFiniteError, match=r"^row 1: logits hold NaN/Inf \(1 of 3 rows\)"):
+        M.softmax(logits)
+    with pytest.raises(M.NonFiniteError, match=r"^b.wav: logits"):
+        M.softmax(logits, names=["a.wav", "b.wav", "c.wav"])
+    prob = M.softmax(np.nan_to_num(logits, posinf=0.0, neginf=0.0))
+    prob[1] = bad
+    y = np.array([0, 1, 2])
+    for score in (lambda: M.log_loss(y, prob), lambda: M.subset_scores(y, prob),
+                  lambda: M.scores_by(y, prob, ["a", "b", "a"])):
+        with pytest.raises(M.NonFiniteError, match=r"row 1: probabilities hold NaN/Inf"):
+            score()
+    assert isinstance(M.NonFiniteError("x"), ValueError)  # callers that catch ValueError still do
+
+
+def test_finite_scores_pass_the_check_unchanged():
+    logits = np.array([[1e300, 0.0], [-1e300, 0.0]])  # huge but finite: the shifted softmax copes
+    assert np.allclose(M.softmax(logits), [[1.0, 0.0], [0.0, 1.0]])
+    M.require_finite(np.zeros((0, 3)), "logits")  # nothing to score is not an error here

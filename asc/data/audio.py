@@ -1,6 +1,7 @@
 """The one audio loader of every stage: read WAV/FLAC, downmix, resample, pad or crop, and refuse
-files that would silently poison features (unreadable, empty, NaN/Inf, cut short) with an error naming
-the file. `check_audio` is the one verdict on a file that `asc data check` and `asc extract` share."""
+files that would silently poison features (unreadable, empty, NaN/Inf, cut short, a header whose rate or
+length no recording has) with an error naming the file. `check_audio` is the one verdict on a file that
+`asc data check` and `asc extract` share."""
 
 from __future__ import annotations
 
@@ -8,18 +9,29 @@ import errno
 import math
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from asc.errors import DataError
-from asc.predict import LENGTH_TOLERANCE_S
 
 PAD_MODES = ("zero", "none")
 
-# A shortfall up to LENGTH_TOLERANCE_S seconds is rounding (e.g. a resampled 10-s file), not a short
-# clip. It lives in asc.predict, which must stay free of numpy at import for a fast `asc --help`.
+#: a shortfall up to this many seconds is rounding (e.g. a resampled 10-s file), not a short clip
+LENGTH_TOLERANCE_S = 0.05
+
+# What a recording can be. A header outside these limits is damaged (a 4-KB file that claims 1 Hz
+# would be upsampled to gigabytes), so it is refused before any sample is decoded.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768_000
+#: longest file decoded whole (`duration=None`): 4 h is ~2.5 GB of float32 at 44.1 kHz
+MAX_AUDIO_S = 4 * 3600.0
+
+# Above this peak the samples are scaled by a power of two (exact in floating point) before resampling,
+# since the resampler overflows near the float32 limit; normal audio (|x| <= 1) is not touched.
+_LOUD = 2.0 ** 16
 
 #: why `file_problem` rejects a path that simply is not there
 MISSING_FILE = "no such audio file"
@@ -100,12 +112,13 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 
 
 def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None = 10.0, mono: bool = True,
-               pad: str = "zero") -> np.ndarray:
+               pad: str = "zero", on_constant: Callable[[str], None] | None = None) -> np.ndarray:
     """Read `path` as float32 at `sr` Hz: shape (samples,) if `mono` else (channels, samples).
 
     Stereo is averaged to mono; other rates are resampled with soxr (HQ, as librosa does); with
     `duration` the signal is cut to that length, and padded with zeros at the end when shorter
-    (`pad="zero"`) or left short (`pad="none"`). `duration=None` keeps the file's length.
+    (`pad="zero"`) or left short (`pad="none"`). `duration=None` keeps the file's length (at most
+    MAX_AUDIO_S). `on_constant` is called with a message when the samples hold one value (silence).
     """
     import soundfile as sf
 
@@ -118,6 +131,8 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
     path = Path(path)
     info = audio_info(path)
     _require_samples(info, path)
+    if duration is None:
+        _require_length(info, path)
     target = None if duration is None else int(round(duration * sr))
     frames = -1
     if target is not None:
@@ -129,7 +144,7 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
         data, file_sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:
         raise DataError(f"{path}: cannot decode audio ({_describe(exc)}); re-download or remove it") from None
-    data = conform(data, file_sr, sr, mono=mono, name=str(path))
+    data = conform(data, file_sr, sr, mono=mono, name=str(path), on_constant=on_constant)
     if target is not None:
         if data.shape[0] > target:
             data = data[:target]
@@ -142,6 +157,22 @@ def load_audio(path: str | os.PathLike, sr: int = 44100, duration: float | None 
 def _require_samples(info: AudioInfo, path: Path) -> None:
     if info.frames <= 0 or info.samplerate <= 0:
         raise DataError(f"{path}: empty audio file (0 samples); re-download or remove it")
+    require_sample_rate(info.samplerate, str(path))
+
+
+def require_sample_rate(sr: float, name: str) -> None:
+    """A rate no recording has (a damaged header, or an argument mix-up) is refused before any
+    buffer of that rate is made."""
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise DataError(f"{name}: sample rate {sr:g} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, "
+                        "which no recording has (a damaged header?); re-export the file with its real rate")
+
+
+def _require_length(info: AudioInfo, path: Path) -> None:
+    if info.duration > MAX_AUDIO_S:
+        raise DataError(f"{path}: {info.duration / 3600:.1f} h of audio, more than the "
+                        f"{MAX_AUDIO_S / 3600:g} h a file may hold when read whole; cut it into parts "
+                        "(or its header is damaged)")
 
 
 def _require_finite(data: np.ndarray, name: str) -> None:
@@ -165,26 +196,50 @@ def check_audio(path: str | os.PathLike, duration: float | None = None, *,
         raise ShortAudioError(f"{path}: {info.duration:.3f} s of audio, shorter than the {duration:g} s "
                               "a clip must have (a truncated file?)", info.duration)
     if info.subtype in _FLOAT_SUBTYPES:
-        try:
-            data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        bad = 0
+        try:  # in blocks: memory stays bounded however long the file is
+            for block in sf.blocks(str(path), blocksize=_CHECK_BLOCK, dtype="float32", always_2d=True):
+                bad += int(np.count_nonzero(~np.isfinite(block)))
         except Exception as exc:
             raise DataError(f"{path}: cannot decode audio ({_describe(exc)}); re-download or remove it") \
                 from None
-        _require_finite(data, str(path))
+        if bad:
+            raise DataError(f"{path}: {bad} NaN/Inf samples; the file is corrupt, re-download or remove it")
     return info
 
 
-def conform(data: np.ndarray, file_sr: int, sr: int, *, mono: bool = True, name: str = "audio") -> np.ndarray:
+_CHECK_BLOCK = 1 << 20  # frames per block when a float file is read for NaN/Inf
+
+
+def conform(data: np.ndarray, file_sr: int, sr: int, *, mono: bool = True, name: str = "audio",
+            on_constant: Callable[[str], None] | None = None) -> np.ndarray:
     """Decoded samples (frames, channels) -> float32 (frames', channels') at `sr`, averaged to one
-    channel if `mono`; the one place where every input, file or array, is checked and converted."""
+    channel if `mono`; the one place where every input, file or array, is checked and converted.
+    `on_constant` hears of samples that hold one value (before resampling, whose edges ripple)."""
     import soxr
 
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 2 or data.shape[0] == 0:
         raise DataError(f"{name}: empty audio (0 samples); re-download or remove it")
+    require_sample_rate(file_sr, name)
     _require_finite(data, name)
     if mono and data.shape[1] > 1:
         data = data.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    if on_constant is not None:
+        lo, hi = data.min(axis=0), data.max(axis=0)
+        if np.all(lo == hi):
+            value = "0 (silence)" if not np.any(lo) else f"{float(lo[0]):g}" if lo.size == 1 else "constant"
+            on_constant(f"{name}: every sample is {value}, so it holds no sound")
     if file_sr != sr:
-        data = np.asarray(soxr.resample(data, file_sr, sr, quality="HQ"), dtype=np.float32)
+        peak = float(np.abs(data).max())
+        if peak <= _LOUD:
+            data = np.asarray(soxr.resample(data, file_sr, sr, quality="HQ"), dtype=np.float32)
+        else:  # in float64 at a peak near 1, then back to the recording's own scale
+            scale = 2.0 ** math.ceil(math.log2(peak))
+            out = np.asarray(soxr.resample(data.astype(np.float64) / scale, file_sr, sr, quality="HQ"),
+                             dtype=np.float64) * scale
+            if not np.all(np.abs(out) <= np.finfo(np.float32).max):
+                raise DataError(f"{name}: samples up to {peak:.3g} leave the float32 range when resampled "
+                                f"to {sr} Hz; scale the recording down")
+            data = out.astype(np.float32)
     return data

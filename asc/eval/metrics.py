@@ -2,7 +2,8 @@
 
 Everything is plain numpy in float64 so the numbers do not depend on the device or dtype the
 model ran in. Labels are class indices (0..K-1); a label of -1 means "unknown" and is rejected here:
-callers drop unlabelled clips before scoring.
+callers drop unlabelled clips before scoring. NaN/Inf logits or probabilities are refused
+(NonFiniteError), since argmax would quietly score them as class 0.
 """
 
 from __future__ import annotations
@@ -11,9 +12,30 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from asc.errors import AscError
+
 LOG_LOSS_EPS = 1e-15  # clipping of probabilities, as the DCASE 2020 scoring (scikit-learn) did
 _NORM_FLOOR = 1e-12  # a feature vector shorter than this counts as the zero vector (direction 0)
 _CHUNK = 4096  # rows per block when normalising features, to bound float64 memory
+
+
+class NonFiniteError(AscError, ValueError):
+    """Scores with NaN/Inf values: the message names the first such row (its file when known)."""
+
+
+def require_finite(values: np.ndarray, what: str, names: Sequence[str] | None = None) -> None:
+    """NonFiniteError naming the first row of `values` (N, ...) that holds NaN/Inf: `names[row]` when
+    given (e.g. the clip's file), else the row index."""
+    v = np.asarray(values)
+    if v.ndim == 0 or not v.size:
+        return
+    finite = np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
+    if finite.all():
+        return
+    first = int(np.flatnonzero(~finite)[0])
+    who = names[first] if names is not None and first < len(names) else f"row {first}"
+    raise NonFiniteError(f"{who}: {what} hold NaN/Inf ({int((~finite).sum())} of {v.shape[0]} rows); the "
+                         "model or its input features are broken, so these cannot be scored")
 
 
 def _labels(labels: Sequence[int] | np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -30,11 +52,13 @@ def _labels(labels: Sequence[int] | np.ndarray, num_classes: int | None = None) 
     return y
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, shifted by the row maximum so large logits do not overflow."""
+def softmax(logits: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
+    """Row-wise softmax in float64, shifted by the row maximum so large logits do not overflow;
+    NonFiniteError (naming `names[row]` when given) for NaN/Inf logits."""
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
         raise ValueError(f"logits must be 2-D (N, K), got shape {z.shape}")
+    require_finite(z, "logits", names)
     z = z - z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
@@ -81,6 +105,7 @@ def log_loss(labels: Sequence[int] | np.ndarray, probabilities: np.ndarray,
         raise ValueError(f"{y.shape[0]} labels for {prob.shape[0]} rows of probabilities")
     if not y.size:
         return float("nan")
+    require_finite(prob, "probabilities")
     prob = np.clip(prob, eps, 1.0 - eps)
     prob = prob / prob.sum(axis=1, keepdims=True)
     return float(-np.mean(np.log(prob[np.arange(y.size), y])))
@@ -105,6 +130,7 @@ def subset_scores(labels: np.ndarray, probabilities: np.ndarray, mask: np.ndarra
     """accuracy, macro_accuracy, log_loss and n of the rows selected by `mask` (None when empty)."""
     y = _labels(labels, probabilities.shape[1])
     prob = np.asarray(probabilities, dtype=np.float64)
+    require_finite(prob, "probabilities")
     if mask is not None:
         y, prob = y[mask], prob[mask]
     if not y.size:

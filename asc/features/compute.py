@@ -101,6 +101,9 @@ def _work(job: tuple[str, tuple[str, int] | None, int]) -> Outcome:
     if extractor is None:
         return Outcome(feature=wave, padded_s=padded)
     feature = extractor.numpy(wave, cfg["storage"]["dtype"])
+    problem = not_finite(audio, feature)
+    if problem is not None:
+        return Outcome(error=problem)
     if target is None:
         return Outcome(feature=feature, padded_s=padded)
     path, data_offset = target
@@ -112,6 +115,16 @@ def _work(job: tuple[str, tuple[str, int] | None, int]) -> Outcome:
         _WORKER["target"] = (path, fd)
     shards.write_row(fd, data_offset, row, feature)
     return Outcome(padded_s=padded)
+
+
+def not_finite(path: str, feature: np.ndarray) -> str | None:
+    """Why a clip's feature (as stored) must not be written: NaN/Inf values, which would train and score
+    as garbage without any error; None when every value is finite."""
+    if np.isfinite(feature).all():
+        return None
+    bad = int(np.count_nonzero(~np.isfinite(feature)))
+    return (f"{path}: {bad} of its {feature.size} feature values are NaN/Inf in {feature.dtype}; "
+            "check the audio (extreme sample values?) and the feature config")
 
 
 @contextlib.contextmanager
@@ -171,14 +184,16 @@ class Computer:
             yield from decoded
             return
         batch: list[Outcome] = []
-        for item in decoded:
+        paths: list[str] = []
+        for (path, _), item in zip(items, decoded):
             batch.append(item)
+            paths.append(path)
             if len(batch) >= self.batch_size:
-                yield from self._batch(batch)
-                batch = []
-        yield from self._batch(batch)
+                yield from self._batch(batch, paths)
+                batch, paths = [], []
+        yield from self._batch(batch, paths)
 
-    def _batch(self, batch: list[Outcome]) -> Iterator[Outcome]:
+    def _batch(self, batch: list[Outcome], paths: list[str]) -> Iterator[Outcome]:
         import torch
 
         good = [o.feature for o in batch if o.error is None]
@@ -186,8 +201,14 @@ class Computer:
         if good:
             dtype = getattr(torch, self.cfg["storage"]["dtype"])
             feats = iter(self.extractor(np.stack(good)).to(dtype).cpu().numpy())
-        for o in batch:
-            yield o if o.error is not None else Outcome(feature=next(feats), padded_s=o.padded_s)
+        for o, path in zip(batch, paths):
+            if o.error is not None:
+                yield o
+                continue
+            feature = next(feats)
+            problem = not_finite(path, feature)
+            yield (Outcome(error=problem) if problem is not None
+                   else Outcome(feature=feature, padded_s=o.padded_s))
 
     def close(self) -> None:
         if self.pool is not None:

@@ -254,6 +254,8 @@ class _Trust:
             try:
                 verdict = shards.check(npy, shape=self.shape, dtype=self.dtype, config_hash=self.cfg_hash,
                                        deep=self.deep)
+                if self.deep:
+                    _require_finite_rows(npy, verdict)
             except BadShard as bad:
                 verdict = bad
             self._seen[npy] = verdict
@@ -280,6 +282,21 @@ class _Trust:
                 index.setdefault((c["id"], c["file"], c["size"], c["mtime_ns"]),
                                  (sidecar.with_suffix(".npy"), offset, padded.get(c.get("id"))))
         return index
+
+
+def _require_finite_rows(npy: Path, meta: Mapping, block: int = 64) -> None:
+    """A shard whose checksum matches can still hold NaN/Inf features (written before features were
+    checked): BadShard naming the first such clip, so that --verify rebuilds it."""
+    rows = shards.open_rows(npy)
+    try:
+        for start in range(0, rows.shape[0], block):
+            part = np.asarray(rows[start:start + block]).reshape(min(block, rows.shape[0] - start), -1)
+            bad = np.flatnonzero(~np.isfinite(part).all(axis=1))
+            if bad.size:
+                clip = meta["clips"][start + int(bad[0])]
+                raise BadShard(npy, f"row {start + int(bad[0])} ({clip.get('file')}) holds NaN/Inf features")
+    finally:
+        del rows
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -390,6 +407,9 @@ def _extract(clips: Sequence[SourceClip], cfg: dict, cache_dir: Path, *, name: s
                     npy, row, was_padded = src
                     if npy not in opened:
                         opened[npy] = shards.open_rows(npy)
+                    if not np.isfinite(opened[npy][row]).all():  # written before features were checked
+                        compute.append(offset)
+                        continue
                     writer.put(offset, opened[npy][row])
                     if was_padded is not None:  # a reused padded row stays listed as padded
                         writer.pad(offset, was_padded.get("duration_s", 0.0))

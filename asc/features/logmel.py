@@ -60,12 +60,38 @@ FEATURE_SCHEMA: dict = {
 # Keys that change how features are stored, not their values; left out of the cache hash.
 STORAGE_KEY = "storage"
 
+# Sizes beyond any scene feature, refused before a buffer of that size is made: the longest FFT
+# (1.5 s at 44.1 kHz), the longest clip, and the most STFT values of one clip (frames x bins; a 600-s
+# clip at the published n_fft 2048 / hop 1024 has 26.5 M, 0.2 GB as complex64).
+MAX_N_FFT = 1 << 16
+MAX_CLIP_S = 600.0
+MAX_STFT_VALUES = 1 << 26
+# Waveforms whose peak is above this are scaled by a power of two before the STFT (and the scale put
+# back in the log domain), so |X|^2 cannot overflow float32 for any finite input; with n_fft <= MAX_N_FFT
+# a peak up to this gives |X|^2 <= 2^64. Normal audio (|x| <= 1) takes the plain float32 path.
+_LOUD = 2.0 ** 16
+
 
 def resolve_feature_config(raw: Mapping, source: str = "feature config") -> dict:
     """Validate a feature config mapping, fill defaults and check that the values fit together."""
+    from asc.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
     cfg = validate(raw, FEATURE_SCHEMA, source)
     sr, n_fft = cfg["sample_rate"], cfg["n_fft"]
     nyquist = sr / 2
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise ConfigError(f"{source}: sample_rate: {sr} Hz is outside "
+                          f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, the rates recordings have")
+    if n_fft > MAX_N_FFT:
+        raise ConfigError(f"{source}: n_fft: {n_fft} is above {MAX_N_FFT} ({MAX_N_FFT / sr:.2f} s at "
+                          f"{sr} Hz), longer than any scene feature needs; lower it (the published features "
+                          "use 2048)")
+    if cfg["n_mels"] > n_fft // 2 + 1:
+        raise ConfigError(f"{source}: n_mels: {cfg['n_mels']} is more than the {n_fft // 2 + 1} FFT bins of "
+                          f"n_fft {n_fft}; lower n_mels or raise n_fft")
+    if cfg["duration"] is not None and cfg["duration"] > MAX_CLIP_S:
+        raise ConfigError(f"{source}: duration: {cfg['duration']:g} s is longer than the {MAX_CLIP_S:g} s a "
+                          "clip may have; use shorter clips (asc predict scores long files in windows)")
     if cfg["win_length"] is None:
         cfg["win_length"] = n_fft
     if cfg["win_length"] > n_fft:
@@ -91,9 +117,14 @@ def resolve_feature_config(raw: Mapping, source: str = "feature config") -> dict
     if cfg["duration"] is None:
         return cfg  # the dataset decides it: `bind_duration`
     n_samples = num_samples(cfg)
-    if not cfg["center"] and n_samples < n_fft:
-        raise ConfigError(f"{source}: duration: {cfg['duration']:g} s is shorter than one FFT frame")
+    if n_samples < n_fft:
+        raise ConfigError(f"{source}: n_fft: {n_fft} is longer than the clip (duration {cfg['duration']:g} s "
+                          f"= {n_samples} samples at {sr} Hz); lower n_fft or use longer clips")
     frames = num_frames(cfg)
+    if frames * (n_fft // 2 + 1) > MAX_STFT_VALUES:
+        raise ConfigError(f"{source}: hop_length: {cfg['hop_length']} gives {frames} frames x "
+                          f"{n_fft // 2 + 1} bins per clip (over {MAX_STFT_VALUES}); raise hop_length or "
+                          "shorten duration")
     if cfg["deltas"] and frames - 4 * delta_n(cfg) < 1:
         raise ConfigError(f"{source}: duration: {cfg['duration']:g} s gives {frames} frames, too few for "
                           f"deltas of width {cfg['delta_width']} (needs > {4 * delta_n(cfg)})")
@@ -241,6 +272,7 @@ class LogMelExtractor:
         x = torch.as_tensor(waves, dtype=torch.float32).to(self.device)
         if x.dim() == 1:
             x = x.unsqueeze(0)
+        x, scale = _tame(x)
         spec = torch.stft(x, n_fft=c["n_fft"], hop_length=c["hop_length"], win_length=c["win_length"],
                           window=self.window, center=c["center"], pad_mode=c["pad_mode"],
                           normalized=False, onesided=True, return_complex=True)
@@ -249,6 +281,11 @@ class LogMelExtractor:
             mag = mag.sqrt()
         mel = self._mel(mag)
         logmel = torch.log(mel + c["log_offset"])
+        if scale is not None:  # loud rows: log(scale^power * mel + offset) in float64, which cannot overflow
+            gain = scale.square() if c["power"] == 2.0 else scale
+            loud = gain != 1.0
+            logmel[loud] = torch.log(mel[loud].double() * gain[loud].view(-1, 1, 1)
+                                     + c["log_offset"]).float()
         if c["scaling"] == "minmax":
             flat = logmel.flatten(1)
             lo = flat.min(dim=1).values.view(-1, 1, 1)
@@ -276,6 +313,21 @@ class LogMelExtractor:
         import torch
 
         return self(wave)[0].to(getattr(torch, dtype)).cpu().numpy()
+
+
+def _tame(x: Any) -> tuple[Any, Any]:
+    """(waveforms, None) when every row's peak is at most _LOUD (the exact float32 path of normal
+    audio); else rows above it divided by a power of two (exact: only the exponent changes) that
+    brings their peak to (0.5, 1], and the float64 scales (1 for the other rows)."""
+    import torch
+
+    peak = x.abs().amax(dim=-1)
+    loud = peak > _LOUD
+    if not bool(loud.any()):
+        return x, None
+    peak = peak.double()
+    scale = torch.where(loud, torch.exp2(torch.ceil(torch.log2(peak))), torch.ones_like(peak))
+    return (x.double() / scale.view(-1, 1)).float(), scale
 
 
 def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:
