@@ -4,24 +4,36 @@ Audio of any rate, channel count, bit depth and length is decoded by the one loa
 resampled exactly as the run's features were computed (the run folder records its feature config),
 cut into windows of the feature duration (10 s for the published features), each scored, and the
 clip's probabilities are the mean of its windows'. A clip shorter than one window is zero-padded to
-it and flagged. The module imports only argparse at top level, so `asc --help` stays fast.
+it and flagged. Windows are made and scored `batch_size` at a time, and files are decoded a few
+ahead within a byte budget, so memory stays bounded however long or many the files are. The module
+imports only argparse and the standard library at top level, so `asc --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: files decoded ahead of the one being scored
+#: files decoded ahead of the one being scored: at most this many, and at most _PREFETCH_BYTES of files
 _PREFETCH = 4
-#: a shortfall up to this many seconds is rounding (e.g. a resampled 10-s file), not a short clip
-LENGTH_TOLERANCE_S = 0.05
+_PREFETCH_BYTES = 256 << 20
+#: the most windows per forward pass (one window's published features are 0.66 MB in float32)
+MAX_BATCH_SIZE = 1024
+#: an array's first axis longer than this is samples, not channels (see predict_waveform)
+MAX_CHANNELS = 16
+#: how output names a file: relative to the dataset folder it lies in (as its lists do), or as given
+NAME_MODES = ("dataset", "as-given")
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -52,6 +64,18 @@ class Prediction:
                 "windows": [vars(w) for w in self.windows]}
 
 
+@dataclass
+class _Pending:
+    """A file whose windows are being scored: its probabilities fill in as their batches finish."""
+
+    name: str
+    n_samples: int
+    starts: list[int]
+    padded: bool
+    prob: Any  # (windows, classes) float64
+    done: int = 0
+
+
 class Predictor:
     """A trained model with its feature extraction: waveforms or files in, scene probabilities out.
 
@@ -59,29 +83,52 @@ class Predictor:
         predictor = Predictor.from_run("exp/dcase2020_quick/fcnn_quick_l2bn_seed0")
         result = predictor.predict("recording.wav")
         print(result.scene, max(result.probabilities.values()))
-        results = predictor.predict_many(["a.wav", "b.flac"])
+        results, bad = predictor.predict_many(["a.wav", "b.flac"])
+
+    `window` (seconds) runs from the deltas' minimum to the longest clip a feature config allows
+    (600 s); `hop` from one feature frame (hop_length samples: finer steps score near-identical
+    windows) to the longest file read whole (4 h; a hop longer than the window skips audio on
+    purpose). `names="dataset"` names a file inside a dataset folder (one holding meta.csv or
+    evaluation_setup/) as the dataset's lists do, `"as-given"` as given. `warn` hears of files that
+    are scored but suspicious (all one value); by default it prints to stderr.
     """
 
     def __init__(self, model: Any, feature_config: dict, class_names: Sequence[str], *, device: str = "cpu",
-                 window: float | None = None, hop: float | None = None, batch_size: int = 32) -> None:
+                 window: float | None = None, hop: float | None = None, batch_size: int = 32,
+                 names: str = "dataset", warn: Callable[[str], None] | None = None) -> None:
+        from asc.data.audio import MAX_AUDIO_S
         from asc.errors import ConfigError
-        from asc.features.logmel import LogMelExtractor, resolve_feature_config
+        from asc.features.logmel import MAX_CLIP_S, LogMelExtractor, resolve_feature_config
 
         self.model = model.eval()
         self.device = device
         self.class_names = list(class_names)
         self.sample_rate = int(feature_config["sample_rate"])
-        self.window = float(window if window is not None else feature_config["duration"])
-        self.hop = float(hop if hop is not None else self.window)
-        if self.hop <= 0:
-            raise ConfigError(f"--hop must be positive, got {self.hop:g}")
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-        self.batch_size = batch_size
+        if window is None and feature_config.get("duration") is None:
+            raise ConfigError("the feature config has no clip length (duration: null); use the config a run "
+                              "recorded (Predictor.from_run) or give --window in seconds")
+        self.window = _seconds(window if window is not None else feature_config["duration"], "--window")
+        if self.window > MAX_CLIP_S:
+            raise ConfigError(f"--window {self.window:g}: at most {MAX_CLIP_S:g} s; long files are scored in "
+                              "windows, so keep the run's clip length (the default) and set --hop")
         # the run's features, computed over windows of `window` seconds (the training clip length
         # by default); a window too short for the deltas is refused by the config check
         cfg = resolve_feature_config({**feature_config, "duration": self.window},
                                      source=f"--window {self.window:g}")
+        self.hop = _seconds(hop if hop is not None else self.window, "--hop")
+        frame = int(feature_config["hop_length"]) / self.sample_rate
+        if not frame <= self.hop <= MAX_AUDIO_S:
+            raise ConfigError(f"--hop {self.hop:g}: must be between one feature frame ({frame:.4g} s) and "
+                              f"{MAX_AUDIO_S:g} s")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+                or not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"--batch-size must be a whole number from 1 to {MAX_BATCH_SIZE}, "
+                              f"got {batch_size}")
+        if names not in NAME_MODES:
+            raise ConfigError(f"--names must be one of {', '.join(NAME_MODES)}, got {names!r}")
+        self.batch_size = batch_size
+        self.names = names
+        self.warn = warn if warn is not None else _stderr_warning
         self.extractor = LogMelExtractor(cfg, device="cpu")
         self.window_samples = int(round(self.window * self.sample_rate))
         self.hop_samples = max(1, int(round(self.hop * self.sample_rate)))
@@ -103,129 +150,240 @@ class Predictor:
                    device=trained.device, **kw)
 
     # ------------------------------------------------------------------ windows
-    def _windows(self, wave: Any) -> tuple[Any, list[int], bool]:
-        """(windows (W, samples), start samples, padded) of a mono waveform at the model's rate."""
-        import numpy as np
+    def _starts(self, n: int) -> tuple[list[int], bool]:
+        """(start samples of the windows, padded) of a waveform of `n` samples at the model's rate."""
+        from asc.data.audio import LENGTH_TOLERANCE_S
 
-        n, size = len(wave), self.window_samples
+        size = self.window_samples
         if n < size:
-            short = (size - n) / self.sample_rate > LENGTH_TOLERANCE_S
-            return np.pad(wave, (0, size - n))[None], [0], short
+            return [0], (size - n) / self.sample_rate > LENGTH_TOLERANCE_S
         starts = list(range(0, n - size + 1, self.hop_samples))
         if starts[-1] + size < n and self.hop_samples <= size:  # a tail the windows missed: one more, ending
             # at the end (a hop longer than the window skips audio on purpose, so not then)
             starts.append(n - size)
-        return np.stack([wave[s:s + size] for s in starts]), starts, False
+        return starts, False
 
-    def _score(self, waves: Any) -> Any:
-        """Class probabilities (W, K) of windows (W, samples), in batches."""
+    def _segment(self, wave: Any, start: int) -> Any:
+        import numpy as np
+
+        seg = wave[start:start + self.window_samples]
+        return seg if len(seg) == self.window_samples else np.pad(seg, (0, self.window_samples - len(seg)))
+
+    def _score(self, segments: Sequence[Any], names: Sequence[str]) -> Any:
+        """Class probabilities (W, K) of one batch of windows (each (samples,)); `names` name their files
+        in the error that NaN/Inf logits raise."""
+        import numpy as np
         import torch
 
         from asc.eval.inference import infer
 
         # features one window at a time (on a CPU 2.5x faster per window than a batched STFT, whose
-        # buffers outgrow the caches), the model in batches
-        batches = (torch.cat([self.extractor(torch.from_numpy(w)) for w in waves[i:i + self.batch_size]])
-                   for i in range(0, len(waves), self.batch_size))
-        logits, _, _ = infer(self.model, batches, device=self.device)
+        # buffers outgrow the caches), the model on the batch
+        feats = torch.cat([self.extractor(torch.from_numpy(np.ascontiguousarray(s))) for s in segments])
+        logits, _, _ = infer(self.model, [feats], device=self.device, names=names)
         return torch.softmax(logits.double(), dim=1).numpy()
 
-    def _result(self, name: str, n_samples: int, starts: list[int], padded: bool, prob: Any) -> Prediction:
-        names = self.class_names
+    def _stream(self, waves: Iterable[tuple[str, Any]]) -> Iterator[Prediction]:
+        """Predictions of (name, mono waveform) pairs, in order, scoring windows `batch_size` at a time
+        across files: no file's windows are ever held all at once."""
+        import numpy as np
+
+        pending: deque[_Pending] = deque()
+        segments: list[Any] = []
+        owners: list[tuple[_Pending, int]] = []
+
+        def flush() -> Iterator[Prediction]:
+            if segments:
+                prob = self._score(segments, [entry.name for entry, _ in owners])
+                for (entry, j), p in zip(owners, prob):
+                    entry.prob[j] = p
+                    entry.done += 1
+                segments.clear()
+                owners.clear()
+            while pending and pending[0].done == len(pending[0].starts):
+                yield self._result(pending.popleft())
+
+        for name, wave in waves:
+            starts, padded = self._starts(len(wave))
+            entry = _Pending(name, len(wave), starts, padded, np.empty((len(starts), len(self.class_names))))
+            pending.append(entry)
+            for j, start in enumerate(starts):
+                segments.append(self._segment(wave, start))
+                owners.append((entry, j))
+                if len(segments) >= self.batch_size:
+                    yield from flush()
+        yield from flush()
+
+    def _result(self, entry: _Pending) -> Prediction:
+        names, prob = self.class_names, entry.prob
         windows = [Window(start=s / self.sample_rate, end=(s + self.window_samples) / self.sample_rate,
                           scene=names[int(p.argmax())], probabilities=dict(zip(names, map(float, p))))
-                   for s, p in zip(starts, prob)]
+                   for s, p in zip(entry.starts, prob)]
         mean = prob.mean(axis=0)
-        return Prediction(name=name, scene=names[int(mean.argmax())],
+        return Prediction(name=entry.name, scene=names[int(mean.argmax())],
                           probabilities=dict(zip(names, map(float, mean))),
-                          duration=n_samples / self.sample_rate, padded=padded, windows=windows)
+                          duration=entry.n_samples / self.sample_rate, padded=entry.padded, windows=windows)
 
     # ------------------------------------------------------------------ public
-    def predict_waveform(self, y: Any, sr: int, name: str = "<waveform>") -> Prediction:
-        """A waveform in memory: (samples,) or (channels, samples), float, at `sr` Hz."""
+    def predict_waveform(self, y: Any, sr: float, name: str = "<waveform>", *,
+                         channels_last: bool = False) -> Prediction:
+        """A waveform in memory at `sr` Hz: (samples,), (channels, samples), or with `channels_last`
+        (frames, channels) as soundfile returns it. A first axis longer than MAX_CHANNELS is refused
+        without `channels_last`, since reading 48,000 "channels" of 2 samples gives a plausible but
+        meaningless prediction."""
         import numpy as np
 
         from asc.data.audio import conform
+        from asc.errors import ConfigError
 
         y = np.asarray(y, dtype=np.float32)
-        if y.ndim not in (1, 2):
-            raise ValueError(f"{name}: expected (samples,) or (channels, samples), got shape {y.shape}")
-        wave = conform(y.reshape(1, -1).T if y.ndim == 1 else y.T, int(sr), self.sample_rate, name=name)[:, 0]
-        return self._predict_wave(name, wave)
+        if isinstance(sr, bool) or not isinstance(sr, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(sr) or sr != int(sr):
+            raise ConfigError(f"{name}: sr must be a whole number of Hz, got {sr!r}")
+        if y.ndim == 1:
+            data = y[:, None]
+        elif y.ndim == 2:
+            channels, axis = (y.shape[1], "second") if channels_last else (y.shape[0], "first")
+            if channels > MAX_CHANNELS:
+                fix = ("for (channels, samples) drop channels_last=True" if channels_last else
+                       "for soundfile's (frames, channels) layout pass channels_last=True")
+                raise ConfigError(f"{name}: shape {y.shape} would be {channels} channels (the {axis} axis; "
+                                  f"at most {MAX_CHANNELS}); {fix}")
+            data = y if channels_last else y.T
+        else:
+            raise ConfigError(f"{name}: expected (samples,), (channels, samples) or with channels_last=True "
+                              f"(frames, channels), got shape {y.shape}")
+        wave = conform(data, int(sr), self.sample_rate, name=name, on_constant=self._constant)[:, 0]
+        return next(self._stream([(name, wave)]))
 
-    def _predict_wave(self, name: str, wave: Any) -> Prediction:
-        windows, starts, padded = self._windows(wave)
-        return self._result(name, len(wave), starts, padded, self._score(windows))
+    def _constant(self, message: str) -> None:
+        self.warn(f"{message}; scored anyway")
 
-    def load(self, path: str | os.PathLike) -> Any:
-        """A file as the model hears it: mono float32 at the feature rate, full length."""
+    def load(self, path: str | os.PathLike, on_constant: Callable[[str], None] | None = None) -> Any:
+        """A file as the model hears it: mono float32 at the feature rate, full length (at most 4 h).
+        `on_constant` hears of a file whose samples hold one value (default: a warning)."""
         from asc.data.audio import load_audio
 
-        return load_audio(path, sr=self.sample_rate, duration=None)
+        return load_audio(path, sr=self.sample_rate, duration=None,
+                          on_constant=on_constant if on_constant is not None else self._constant)
+
+    def name_of(self, path: str | os.PathLike) -> str:
+        """How output names `path`: see `names` in the class docstring."""
+        from asc.data.roots import dataset_name
+
+        return (dataset_name(path) if self.names == "dataset" else None) or str(path)
 
     def predict(self, path: str | os.PathLike) -> Prediction:
-        return self._predict_wave(str(path), self.load(path))
+        return next(self._stream([(self.name_of(path), self.load(path))]))
 
-    def predict_many(self, paths: Iterable[str | os.PathLike], *, skip_bad: bool = False,
+    def predict_many(self, paths: Iterable[str | os.PathLike], *, skip_bad: bool = True,
                      show_progress: bool = True) -> tuple[list[Prediction], list[tuple[str, str]]]:
-        """Files in batches of windows across files; returns (predictions in input order, bad files).
-
-        A file that cannot be used raises DataError unless `skip_bad`, which lists it with the reason.
+        """Files in batches of windows across files; returns (predictions in input order, bad files as
+        (path, reason)). A path given twice is scored once. With `skip_bad=False` the first file that
+        cannot be used raises DataError instead (for a command that must stop before writing).
         """
-        import numpy as np
+        from concurrent.futures import ThreadPoolExecutor
 
         from asc.errors import DataError
         from asc.progress import progress
 
-        paths = [str(p) for p in paths]
-        results: list[Prediction] = []
+        paths, names = self._unique(paths)
         bad: list[tuple[str, str]] = []
-        pending: list[tuple[str, int, list[int], bool, int]] = []  # name, samples, starts, padded, n_windows
-        buffer: list[Any] = []
-
-        def flush() -> None:
-            if not buffer:
-                return
-            prob = self._score(np.concatenate(buffer))
-            offset = 0
-            for name, n, starts, padded, count in pending:
-                results.append(self._result(name, n, starts, padded, prob[offset:offset + count]))
-                offset += count
-            pending.clear()
-            buffer.clear()
+        notes: dict[str, list[str]] = {}
 
         def load(path: str) -> Any:
+            heard: list[str] = []
+            notes[path] = heard
             try:
-                return self.load(path)
+                return self.load(path, on_constant=heard.append)  # warned in order, from this thread
             except DataError as exc:
                 return exc
 
-        # decode a few files ahead in a thread (libsndfile and soxr release the GIL) while the
-        # features and the model of earlier files run
+        def size(path: str) -> int:
+            try:
+                return os.path.getsize(path)
+            except OSError:
+                return 0
+
+        def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[str, Any]]:
+            # decode ahead in a thread (libsndfile and soxr release the GIL) while the features and
+            # the model of earlier files run; at most _PREFETCH files and _PREFETCH_BYTES of them
+            ahead: deque = deque()
+            budget = _PREFETCH_BYTES
+            queue = iter(range(len(paths)))
+            try:
+                while True:
+                    while len(ahead) < _PREFETCH and (not ahead or sum(a[1] for a in ahead) < budget):
+                        i = next(queue, None)
+                        if i is None:
+                            break
+                        ahead.append((i, size(paths[i]), pool.submit(load, paths[i])))
+                    if not ahead:
+                        return
+                    i, _, future = ahead.popleft()
+                    wave = future.result()
+                    bar.update(1)
+                    for message in notes.pop(paths[i], []):
+                        self._constant(message)
+                    if isinstance(wave, DataError):
+                        if not skip_bad:
+                            raise wave
+                        bad.append((paths[i], str(wave)))
+                        continue
+                    yield names[i], wave
+            finally:
+                for _, _, future in ahead:
+                    future.cancel()
+
         bar = progress(total=len(paths), desc="predict", unit="file", enabled=show_progress)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = [pool.submit(load, p) for p in paths[:_PREFETCH]]
-            for i, path in enumerate(paths):
-                wave = ahead[i].result()
-                ahead[i] = None
-                if i + _PREFETCH < len(paths):
-                    ahead.append(pool.submit(load, paths[i + _PREFETCH]))
-                bar.update(1)
-                if isinstance(wave, DataError):
-                    if not skip_bad:
-                        for future in ahead[i + 1:]:
-                            future.cancel()
-                        raise wave
-                    bad.append((path, str(wave)))
-                    continue
-                windows, starts, padded = self._windows(wave)
-                pending.append((path, len(wave), starts, padded, len(windows)))
-                buffer.append(windows)
-                if sum(len(b) for b in buffer) >= self.batch_size:
-                    flush()
-        bar.close()
-        flush()
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                results = list(self._stream(decoded(pool)))
+        finally:
+            bar.close()
         return results, bad
+
+    def _unique(self, paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
+        """(paths, output names): each file once (the first spelling of it), named by `names`; two files
+        that would get one name are refused."""
+        from asc.data.roots import dataset_name
+        from asc.errors import AscError
+
+        seen: dict[str, str] = {}
+        repeats = 0
+        for p in map(str, paths):
+            key = os.path.realpath(p)
+            if key in seen:
+                repeats += 1
+            else:
+                seen[key] = p
+        unique = list(seen.values())
+        if repeats:
+            self.warn(f"{repeats} path(s) given more than once; each file is scored once")
+        if self.names == "as-given":
+            return unique, unique
+        cache: dict = {}
+        names = [dataset_name(p, cache) or p for p in unique]
+        owner: dict[str, str] = {}
+        for path, name in zip(unique, names):
+            if name in owner:
+                raise AscError(f"{path}: named {name} like {owner[name]} (each relative to its dataset "
+                               "folder); score the two datasets separately or pass --names as-given")
+            owner[name] = path
+        return unique, names
+
+
+def _seconds(value: Any, option: str) -> float:
+    """A positive, finite number of seconds, or ConfigError naming the option."""
+    from asc.errors import ConfigError
+
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{option} must be a positive, finite number of seconds, got {value!r}")
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -235,6 +393,7 @@ EXAMPLES = """examples:
   asc predict RUN recordings/ --out predictions.csv --json predictions.json     # a folder, recursively
   asc predict RUN @files.txt --skip-bad                                          # paths listed one per line
   asc predict RUN long_walk.flac --window 10 --hop 5 --json windows.json         # overlapping windows
+  asc predict RUN data/tau/audio --names as-given             # full paths instead of audio/<file>.wav
 """
 
 
@@ -247,9 +406,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "exactly as the run's features were computed, cut into windows of --window seconds every\n"
             "--hop seconds, and each file's probabilities are the mean over its windows; a file shorter\n"
             "than one window is zero-padded and flagged. Writes a tab-separated CSV in the DCASE\n"
-            "submission layout (filename as given, scene_label, one probability per scene in full\n"
-            "precision) and prints the top-k scenes. A broken file (empty, not audio, NaN samples) stops\n"
-            "everything before anything is written, unless --skip-bad."),
+            "submission layout (filename as its dataset lists it, or as given: --names; scene_label;\n"
+            "one probability per scene in full precision), one row per file even when a path is given\n"
+            "twice, and prints the top-k scenes. A broken file (empty, not audio, NaN samples, a header\n"
+            "rate outside 1-768 kHz, over 4 h) stops everything before anything is written, unless\n"
+            "--skip-bad; a silent (all-constant) file is scored with a warning. Windows: from the\n"
+            "deltas' minimum to 600 s; hop: from one feature frame to 4 h; batch size: 1 to 1024."),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run folder written by `asc train`")
     p.add_argument("paths", nargs="+", metavar="PATH",
@@ -265,6 +427,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=32, metavar="N",
                    help="windows per forward pass (default: 32)")
+    p.add_argument("--names", choices=NAME_MODES, default="dataset",
+                   help="dataset (default): a file inside a dataset folder (one holding meta.csv or "
+                        "evaluation_setup/) is named as the dataset's lists name it, e.g. audio/0.wav; "
+                        "as-given: every file as given on the command line")
     p.add_argument("--skip-bad", action="store_true",
                    help="score the other files when some cannot be read, and list the bad ones at the end")
     p.set_defaults(func=run)
@@ -321,11 +487,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.window is not None and args.window <= 0:
-        raise ConfigError(f"--window must be positive, got {args.window:g}")
+    window = None if args.window is None else _seconds(args.window, "--window")  # before the run loads
+    hop = None if args.hop is None else _seconds(args.hop, "--hop")
     paths = expand_paths(args.paths)
     predictor = Predictor.from_run(args.run, device=args.device, checkpoint=args.checkpoint,
-                                   window=args.window, hop=args.hop, batch_size=args.batch_size)
+                                   window=window, hop=hop, batch_size=args.batch_size, names=args.names)
+    if args.top_k > len(predictor.class_names):
+        raise ConfigError(f"--top-k {args.top_k}: the run has only {len(predictor.class_names)} classes")
     results, bad = predictor.predict_many(paths, skip_bad=args.skip_bad)
     if results:
         write_submission(args.out, [r.name for r in results],

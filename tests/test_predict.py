@@ -38,7 +38,9 @@ def test_predict_gives_the_probabilities_evaluate_wrote(tiny_run, tmp_path):
     assert main(["predict", str(run), *paths, "--out", str(out), "--device", "cpu"]) == 0
     header2, predicted = _rows(out)
     assert header2 == header
-    assert [r[0] for r in predicted] == [str(data / f) for f in files]  # names as given
+    assert [r[0] for r in predicted] == files  # named as the dataset's lists name them, like evaluate
+    assert main(["predict", str(run), *paths[:2], "--out", str(out), "--names", "as-given"]) == 0
+    assert [r[0] for r in _rows(out)[1]] == paths[:2]
     a = np.array([[float(v) for v in r[2:]] for r in evaluated])
     b = np.array([[float(v) for v in r[2:]] for r in predicted])
     assert np.abs(a - b).max() < 1e-4, np.abs(a - b).max()  # measured: 1e-16 (a float32 cache)
