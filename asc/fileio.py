@@ -16,6 +16,7 @@ from typing import IO, Any
 def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Open a temp file beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
+    refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
@@ -29,6 +30,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def refuse_special(path: Path) -> None:
+    """A write target that exists must be a regular file: renaming over a device node, a FIFO or a
+    socket would replace it with a regular file (and a folder cannot be replaced)."""
+    import stat
+
+    from asc.errors import AscError
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise AscError(f"{path}: cannot write there ({exc.strerror})") from None
+    if stat.S_ISLNK(mode):
+        mode = os.stat(path).st_mode if path.exists() else stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise AscError(f"{path}: is {kind}, not a file to write; choose another output path")
 
 
 def _umask() -> int:

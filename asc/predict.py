@@ -146,7 +146,8 @@ class Predictor:
         if task.kind != "spectrogram":
             raise AscError(f"{run_dir}: a {task.name} run classifies {task.unit}, not audio; "
                            "asc predict needs a run trained on audio")
-        return cls(trained.model, runs.feature_config(run_dir, trained.recipe), runs.class_names(trained),
+        features = runs.feature_config(run_dir, trained.recipe, trained.spec.get("feature_hash"))
+        return cls(trained.model, features, runs.class_names(trained),
                    device=trained.device, **kw)
 
     # ------------------------------------------------------------------ windows

@@ -230,15 +230,23 @@ def read_recipe(run_dir: str | os.PathLike, ckpt: Mapping[str, Any] | None = Non
                    "written by `asc train`?")
 
 
-def feature_config(run_dir: str | os.PathLike, recipe: Mapping[str, Any]) -> dict:
-    """The feature config a DCASE run trained on: RUN/features.yaml, else its cache's manifest, else the
-    recipe's feature file (only if it still hashes as the cache did)."""
+def feature_config(run_dir: str | os.PathLike, recipe: Mapping[str, Any],
+                   expected_hash: str | None = None) -> dict:
+    """The feature config an audio run trained on: RUN/features.yaml, else its cache's manifest, else the
+    recipe's feature file (only if it still hashes as the cache did). With `expected_hash` (the one its
+    checkpoint records), a features.yaml that was edited since is refused: other features would change
+    predictions without a word."""
     from asc.config import load_yaml
     from asc.features.logmel import feature_hash, load_feature_config, resolve_feature_config
 
     path = Path(run_dir) / FEATURES_FILE
     if path.is_file():
-        return resolve_feature_config(load_yaml(path), str(path))
+        cfg = resolve_feature_config(load_yaml(path), str(path))
+        if expected_hash and feature_hash(cfg) != expected_hash:
+            raise AscError(f"{path}: these features (hash {feature_hash(cfg)}) are not the ones the run "
+                           f"trained on (hash {expected_hash}, recorded in its checkpoint); restore the file "
+                           "as training wrote it")
+        return cfg
     cache_dir = (recipe.get("data") or {}).get("cache_dir")
     manifest = Path(cache_dir) / "manifest.json" if cache_dir else None
     if manifest is not None and manifest.is_file():
@@ -331,6 +339,13 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
     if bad is not None:
         raise AscError(f"{path}: {bad} holds NaN/Inf values: the run diverged before this checkpoint; "
                        "retrain it (e.g. lower train.lr), or try the other checkpoint (--checkpoint)")
+    model_cfg = recipe.get("model") if isinstance(recipe.get("model"), Mapping) else {}
+    claimed = {"model": model_cfg.get("name"), "norm": recipe.get("norm")}
+    found = {"model": spec.get("name"), "norm": spec.get("norm")}
+    differs = [k for k in claimed if claimed[k] is not None and claimed[k] != found[k]]
+    if differs:
+        raise AscError(f"{path}: holds a {found['model']} / {found['norm']} model, but the run's recipe is "
+                       f"{claimed['model']} / {claimed['norm']}; this checkpoint belongs to another run")
     try:
         model = model_from_checkpoint(ckpt)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:

@@ -83,6 +83,11 @@ def test_run_directory_and_learning(tiny):
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:
         assert env["git_commit"] == head.stdout.strip() and isinstance(env["git_dirty"], bool)
+    from asc.features.logmel import feature_hash
+    from asc.runs import feature_config
+
+    spec = load_checkpoint(out / "checkpoints" / "best.pt")["model_spec"]
+    assert spec["feature_hash"] == feature_hash(feature_config(out, saved))  # features.yaml is checked by it
     rows = _metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.2
@@ -312,7 +317,7 @@ def test_resume_needs_only_the_run_folder_and_more_epochs_extend_it(tiny, capsys
     err = capsys.readouterr().err.strip()
     assert "norm: 'l2bn' -> 'bn'" in err and "train.lr: 0.1 -> 0.5" in err and len(err.splitlines()) == 1
     assert main(["train", "--out", str(tiny["base"] / "nowhere"), "--resume"]) == 2
-    assert "--recipe YAML is required" in capsys.readouterr().err
+    assert "--recipe YAML is required (" in capsys.readouterr().err
 
 
 def test_run_folder_lock_is_atomic_and_dies_with_its_process(tmp_path):

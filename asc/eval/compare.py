@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from asc.errors import AscError, DataError
+from asc.eval.validate import check_report
 from asc.fileio import atomic_open, atomic_write_json, atomic_write_text
 
 BASELINE_NORM = "bn"
@@ -58,11 +59,7 @@ def load_run_report(run_dir: str | os.PathLike) -> dict:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); "
                         f"rerun `asc evaluate {run_dir}`") from None
-    missing = [key for key in ("overall", "per_device", "run") if key not in report]
-    if missing:
-        raise DataError(f"{path}: not an evaluation report (missing {', '.join(missing)}); "
-                        f"rerun `asc evaluate {run_dir}`")
-    return report
+    return check_report(path, report)
 
 
 def _stats(values: Sequence[float | None]) -> dict:

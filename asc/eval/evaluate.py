@@ -34,21 +34,17 @@ class EvalResult:
 # ----------------------------------------------------------------------------- run folder
 
 def read_history(path: Path) -> list[dict]:
-    """Per-epoch metrics of the run; a torn or malformed line is skipped with a warning, since the
-    history only feeds the curves and must not stop an evaluation."""
-    if not path.is_file():
-        return []
+    """Per-epoch metrics of the run; a torn, malformed or ill-typed line is skipped with a warning,
+    since the history only feeds the curves and must not stop an evaluation."""
+    from asc.eval.validate import check_record
+    from asc.runs import RunFolder
+
     history = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for row in RunFolder(path.parent).read_metrics():
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            print(f"warning: {path}:{number}: skipped a malformed line ({exc.msg})", file=sys.stderr)
-            continue
-        if isinstance(entry, dict):
-            history.append(entry)
+            history.append(check_record(path, row, f"epoch {row['epoch']}"))
+        except DataError as exc:
+            print(f"warning: {str(exc).split('; re-run')[0]}: skipped", file=sys.stderr)
     return history
 
 
@@ -114,6 +110,16 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AscError(f"{run_dir}: no such run folder")
+    from asc.runs import RunFolder
+
+    folder = RunFolder(run_dir)
+    holder = folder.holder()
+    if holder:
+        raise AscError(f"{run_dir}: {holder} is still training this run; evaluate it when it has finished "
+                       "(or stop it and evaluate its last checkpoint)")
+    if not folder.is_complete:
+        print(f"warning: {run_dir}: the run has not finished (no COMPLETED); scoring its {checkpoint} "
+              "checkpoint as it is", file=sys.stderr)
     trained = load_run(run_dir, checkpoint, device)
     device, recipe, spec = trained.device, trained.recipe, trained.spec
     recipe_path = run_dir / "recipe.yaml"

@@ -45,11 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from asc.train.engine import train
     from asc.train.recipe import load_recipe, resume_recipe, run_name
 
-    if args.resume and args.out and (Path(args.out) / "recipe.yaml").is_file():
+    # a folder before its first checkpoint is no run yet: the next attempt takes it over
+    started = bool(args.out) and (Path(args.out) / "recipe.yaml").is_file() and \
+        (Path(args.out) / "checkpoints" / "last.pt").is_file()
+    if args.resume and started:
         recipe = resume_recipe(args.out, args.recipe, profile=args.profile, overrides=args.overrides,
                                norm=args.norm, seed=args.seed)
     elif args.recipe is None:
-        hint = f" ({args.out} holds no recipe.yaml to resume)" if args.resume and args.out else ""
+        hint = f" ({args.out} holds no run to resume)" if args.resume and args.out else ""
         raise AscError(f"--recipe YAML is required{hint}; e.g. asc train --recipe "
                        "recipes/dcase2020/fcnn.yaml")
     else:

@@ -268,6 +268,10 @@ class Trainer:
         spec = {"name": recipe["model"]["name"], "num_classes": task.num_classes,
                 "in_channels": task.in_channels, "norm": recipe["norm"], "params": recipe["model"]["params"],
                 "classes": list(task.class_names)}
+        if task.feature_config is not None:  # what predictions must compute, checked against features.yaml
+            from asc.features.logmel import feature_hash
+
+            spec["feature_hash"] = feature_hash(task.feature_config)
         model = self._wrap(build_model(spec))
         optimizer = make_optimizer(model, tr)
         start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
