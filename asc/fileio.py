@@ -70,6 +70,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+def write_all(items: list[tuple[str | os.PathLike, str]]) -> None:
+    """Write several text files as one: every file goes to a temp file first, and only when all are
+    written are they renamed into place, so a failure (a full disk) leaves every old file as it was."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, text in items:
+            path = Path(path)
+            refuse_special(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            os.chmod(tmp, 0o666 & ~_umask())
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 

@@ -467,6 +467,27 @@ def expand_paths(items: Sequence[str]) -> list[str]:
     return out
 
 
+def check_outputs(outputs: list, inputs: list[str], run_dir: str | os.PathLike) -> None:
+    """Outputs that would destroy something are refused before any work: an output that is one of the
+    inputs, two outputs on one path, an output inside the run folder, a FIFO or device."""
+    from asc.errors import AscError
+    from asc.fileio import refuse_special
+
+    given = [Path(o) for o in outputs if o]
+    real = [p.resolve() for p in given]
+    if len(set(real)) < len(real):
+        raise AscError(f"{given[0]}: --out and --json name the same file; give each its own path")
+    sources = {Path(p).resolve() for p in inputs}
+    run = Path(run_dir).resolve()
+    for path, resolved in zip(given, real):
+        if resolved in sources:
+            raise AscError(f"{path}: is one of the audio inputs; writing there would destroy it, choose "
+                           "another output path")
+        if resolved == run or run in resolved.parents:
+            raise AscError(f"{path}: lies inside the run folder {run_dir}; write predictions elsewhere")
+        refuse_special(path)
+
+
 def audio_suffixes() -> set[str]:
     import soundfile as sf
 
@@ -483,27 +504,29 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from asc.errors import ConfigError
-    from asc.eval.report import write_submission
-    from asc.fileio import atomic_write_text
+    from asc.eval.report import submission_text
+    from asc.fileio import write_all
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     window = None if args.window is None else _seconds(args.window, "--window")  # before the run loads
     hop = None if args.hop is None else _seconds(args.hop, "--hop")
     paths = expand_paths(args.paths)
+    check_outputs([args.out, args.json], paths, args.run)
     predictor = Predictor.from_run(args.run, device=args.device, checkpoint=args.checkpoint,
                                    window=window, hop=hop, batch_size=args.batch_size, names=args.names)
     if args.top_k > len(predictor.class_names):
         raise ConfigError(f"--top-k {args.top_k}: the run has only {len(predictor.class_names)} classes")
     results, bad = predictor.predict_many(paths, skip_bad=args.skip_bad)
-    if results:
-        write_submission(args.out, [r.name for r in results],
-                         [[r.probabilities[c] for c in predictor.class_names] for r in results],
-                         predictor.class_names)
+    if results:  # the CSV and the JSON are written as one: both, or neither when a write fails
+        outputs = [(args.out, submission_text([r.name for r in results],
+                                              [[r.probabilities[c] for c in predictor.class_names]
+                                               for r in results], predictor.class_names))]
         if args.json:
-            atomic_write_text(args.json, json.dumps({"run": str(args.run), "window_s": predictor.window,
-                                                     "hop_s": predictor.hop,
-                                                     "files": [r.to_dict() for r in results]}, indent=1))
+            outputs.append((args.json, json.dumps({"run": str(args.run), "window_s": predictor.window,
+                                                   "hop_s": predictor.hop,
+                                                   "files": [r.to_dict() for r in results]}, indent=1)))
+        write_all(outputs)
     shown = results[:20]
     width = max((len(r.name) for r in shown), default=4)
     for r in shown:

@@ -13,12 +13,12 @@ number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -964,6 +964,29 @@ def _default_workers() -> int:
         return max(1, min(os.cpu_count() or 1, 8))
 
 
+def _remove_earlier_build(out: Path, record: Path) -> None:
+    """Delete the files an earlier build wrote, as its settings name them, and nothing else: files of
+    the user's beside them (under audio/ too) stay; folders left empty go."""
+    try:
+        stored = json.loads(record.read_text(encoding="utf-8"))
+        layout = stored.get("layout", "tau2020")
+        n = int(round(float(stored["duration_s"]) * SR))
+        recordings = plan_recordings(str(stored["preset"]), int(stored["seed"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{record}: unreadable record of the earlier build ({exc}); remove the folder "
+                        "yourself or choose another") from None
+    folders = set()
+    for rec in recordings:
+        for _, _, rel, _, _ in layout_files(rec, layout, n):
+            path = out / rel
+            path.unlink(missing_ok=True)
+            path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+            folders.add(path.parent)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
 def synthesize(out: str | os.PathLike, preset: str = "small", seed: int = 0, duration: float = 10.0,
                workers: int | None = None, force: bool = False, layout: str = "tau2020") -> SynthResult:
     """Write a synthetic set to `out` in `layout` (LAYOUTS: TAU 2020 Mobile, TAU 2022 Mobile's 1-s
@@ -1009,9 +1032,7 @@ def synthesize(out: str | os.PathLike, preset: str = "small", seed: int = 0, dur
         if not force:
             raise DataError(f"{out}: holds a synthetic set built with other settings; pass --force to "
                             f"replace it or choose another folder")
-        shutil.rmtree(out / "audio", ignore_errors=True)
-        for folder in FOLDER_CLASSES.values():
-            shutil.rmtree(out / folder, ignore_errors=True)
+        _remove_earlier_build(out, marker if marker.is_file() else pending)
         for rel in (SYNTHETIC_MARKER, META_FILE, *FOLD_FILES.values()):
             (out / rel).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -488,6 +488,16 @@ def default_out_dir(run_dirs: Sequence[str | os.PathLike], name: str = "compare"
     return Path(os.path.commonpath(parents)) / name
 
 
+def _earlier_figures(out: Path) -> set[str]:
+    """The figures an earlier comparison recorded in out/compare.json (plain file names only)."""
+    try:
+        figures = json.loads((out / "compare.json").read_text(encoding="utf-8")).get("figures") or []
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in figures if isinstance(f, str) and f == Path(f).name and f.endswith(".png")
+            and not f.startswith(".")}
+
+
 def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None,
                  *, allow_mixed: bool = False) -> tuple[dict, str, Path]:
     """Load, summarise and write compare.{md,json} and figures; returns (summary, markdown, out)."""
@@ -507,14 +517,12 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     chart = "per_device.png" if summary["devices"] else None
     if chart:
         _device_chart(summary, out / chart)
-    else:
-        (out / "per_device.png").unlink(missing_ok=True)  # of an earlier comparison of data with devices
     from asc.eval.curves import write_curves
 
     curves = write_curves(summary["groups"], {d: r.get("history") or [] for d, r in runs}, out,
                           synthetic=summary["synthetic"])
-    for stale in set(out.glob("curves_*.png")) - {out / name for _, name in curves}:
-        stale.unlink()  # figures of an earlier comparison of other models
+    for stale in _earlier_figures(out) - {name for _, name in curves} - ({chart} if chart else set()):
+        (out / stale).unlink(missing_ok=True)  # figures an earlier comparison wrote here, and only those
     summary["figures"] = [*([chart] if chart else []), *(name for _, name in curves)]
     markdown = render_markdown(summary, chart, curves)
     atomic_write_json(out / "compare.json", summary)

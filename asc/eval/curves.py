@@ -32,6 +32,14 @@ FIGURES = {
 PERCENT_KEYS = {"val_acc"}
 
 
+def safe_name(text: str) -> str:
+    """A name read from a report, made safe as part of a file name: no folders, no leading dot."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9_.+-]", "_", str(text)).lstrip(".") or "_"
+    return cleaned[:80]
+
+
 def series(histories: Sequence[Sequence[Mapping]], key: str, angles: bool) -> tuple[np.ndarray, np.ndarray]:
     """(epochs, values (runs, epochs)) at the epochs where every run has a finite value of `key`."""
     per_run = []
@@ -85,7 +93,7 @@ def write_curves(groups: Sequence[Mapping], histories: Mapping[str, Sequence[Map
             if not drawn:
                 continue
             fig.suptitle(("SYNTHETIC DATA — " if synthetic else "") + f"{model}: {title}", fontsize=10)
-            name = f"curves_{model}_{stem}.png"
+            name = f"curves_{safe_name(model)}_{stem}.png"
             with atomic_open(out_dir / name, "wb") as fh:
                 fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
             written.append((f"{model}: {title}", name))

@@ -208,10 +208,22 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         default = eval_split == recipe_split and cache_dir is None
         out_dir = run_dir / (REPORT_DIR if default else f"{REPORT_DIR}_{eval_split}")
     out = Path(out_dir)
-    files = write_report(report, out)
-    write_predictions(out / "predictions.csv", data.filenames, logits, data.class_names)
-    files.append(out / "predictions.csv")
-    return EvalResult(report=report, out_dir=out, files=files)
+    # the report folder is written as a whole: every file into a hidden folder first, moved in only when
+    # all are written, so an interrupted evaluation leaves the old report as it was
+    import shutil
+
+    staging = out.parent / f".{out.name}.writing-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        written = write_report(report, staging)
+        write_predictions(staging / "predictions.csv", data.filenames, logits, data.class_names)
+        written.append(staging / "predictions.csv")
+        out.mkdir(parents=True, exist_ok=True)
+        for path in written:
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return EvalResult(report=report, out_dir=out, files=[out / p.name for p in written])
 
 
 def _trained_on(run_dir: Path, recipe: Mapping):

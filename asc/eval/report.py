@@ -178,6 +178,11 @@ def write_predictions(path: str | os.PathLike, filenames: Sequence[str], logits:
 
 def write_submission(path: str | os.PathLike, filenames: Sequence[str], prob: np.ndarray,
                      scene_names: Sequence[str]) -> None:
+    """Write `submission_text` to `path` atomically."""
+    atomic_write_text(path, submission_text(filenames, prob, scene_names))
+
+
+def submission_text(filenames: Sequence[str], prob: np.ndarray, scene_names: Sequence[str]) -> str:
     """DCASE 2020 Task 1a system output: tab-separated filename (as given: the fold file's or the user's),
     scene_label (the most probable), one probability per class in full precision (shortest round-trip
     form), so scores recomputed from the file equal the report's."""
@@ -189,7 +194,7 @@ def write_submission(path: str | os.PathLike, filenames: Sequence[str], prob: np
     writer.writerow(["filename", "scene_label", *scene_names])
     for name, row in zip(filenames, prob):
         writer.writerow([str(name), scene_names[int(row.argmax())], *(repr(float(v)) for v in row)])
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- Markdown

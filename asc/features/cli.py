@@ -221,6 +221,15 @@ def run_extract(args: argparse.Namespace) -> int:
     requested = cfg
     cfg = bind_duration(cfg, described.duration, args.features, f"{described.display_name} at {args.data}")
     cache_dir = Path(args.out) / f"{stem}-{feature_hash(cfg)}"
+    if splits and (cache_dir / "manifest.json").is_file():  # splits accumulate: never drop what is cached
+        try:
+            cached = {str(r.get("split")) for r in read_manifest(cache_dir)["clips"]} & set(SPLITS)
+        except DataError:
+            cached = set()
+        kept = sorted(cached - set(splits))
+        if kept:
+            print(f"keeping the split(s) already in the cache: {', '.join(kept)}")
+            splits = [*splits, *kept]
     clips = clips_from_dataset(dataset, splits)
     if not clips:
         raise DataError(f"{args.data}: no clips{' in splits ' + ','.join(splits) if splits else ''}")
