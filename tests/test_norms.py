@@ -145,8 +145,8 @@ def test_convert_torchvision_style_resnet_block():
 
 
 def test_nn_modules_import_each_other_one_way():
-    """norms.py (the factory) and sync.py both read layer kinds from kinds.py; no asc.nn module imports
-    one that imports it back, lazily inside a function or not."""
+    """norms.py is the registry: it imports the layer modules (the synchronized ones included) and none
+    of them imports it back, lazily inside a function or not; no asc.nn module is in an import cycle."""
     import ast
     from pathlib import Path
 
@@ -173,4 +173,103 @@ def test_nn_modules_import_each_other_one_way():
 
     cycles = [m for m in graph if reaches(m, m, {m})]
     assert not cycles, f"import cycles through {cycles}: {graph}"
-    assert "sync" not in graph["norms"] and "norms" not in graph["sync"]
+    assert not [m for m, deps in graph.items() if "norms" in deps], graph
+    assert {"sync", "l2bn", "hybrid", "prenorm", "freqnorm"} <= graph["norms"]
+
+
+# ------------------------------------------------------------------------------ the registry
+
+
+def test_torch_free_names_are_the_registry():
+    """asc.norm_kinds reads the registry's source without torch; its reading must equal the registry."""
+    import subprocess
+    import sys
+
+    from asc.nn import NORMS
+    from asc.norm_kinds import NORM_KINDS as FREE_KINDS
+    from asc.norm_kinds import NORM_LABELS
+
+    assert FREE_KINDS == tuple(NORMS) == NORM_KINDS
+    assert NORM_LABELS == {k: spec.label for k, spec in NORMS.items()}
+    code = "import sys, asc.norm_kinds as k; assert 'torch' not in sys.modules; print(len(k.NORM_KINDS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == len(NORMS)
+
+
+def test_cli_recipe_and_stage_script_take_their_norm_names_from_the_registry():
+    import argparse
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from asc.train import cli
+    from asc.train.recipe import SCHEMA
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    train = parser._subparsers._group_actions[0].choices["train"]
+    norm = next(a for a in train._actions if a.dest == "norm")
+    assert tuple(norm.choices) == NORM_KINDS
+    assert all(f"{k}: " in norm.help for k in NORM_KINDS)
+    assert SCHEMA["norm"].choices == NORM_KINDS
+    # the Python check inside recipes/stages.sh setup()
+    text = (Path(__file__).resolve().parents[1] / "recipes/stages.sh").read_text()
+    snippet = text.split("<<'PY'", 1)[1].split("\n", 1)[1].split("\nPY\n", 1)[0]
+    res = subprocess.run([sys.executable, "-c", snippet, "run_x", "rfn", "ifn", "bn"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-c", snippet, "run_x", "rfn", "nope"], capture_output=True,
+                         text=True)
+    assert res.returncode != 0 and "unknown norm 'nope'" in res.stderr and "rfn" in res.stderr
+
+
+def test_norm_kind_of_names_torch_layers_by_the_registry():
+    assert norm_kind_of(nn.BatchNorm2d(8)) == "bn" and norm_kind_of(nn.SyncBatchNorm(8)) == "bn"
+    assert norm_kind_of(nn.GroupNorm(1, 8)) == "ln" and norm_kind_of(nn.GroupNorm(8, 8)) == "in"
+    assert norm_kind_of(nn.GroupNorm(2, 8)) == "gn4" and norm_kind_of(nn.GroupNorm(2, 16)) == "gn8"
+    assert norm_kind_of(nn.GroupNorm(4, 20)) is None  # 5 channels a group: no registered kind
+    assert norm_kind_of(nn.Identity()) is None and norm_kind_of(nn.Conv2d(3, 3, 1)) is None
+
+
+@pytest.mark.parametrize("kind", NORM_KINDS)
+def test_sync_conversion_follows_the_registry(kind):
+    from asc.nn import NORMS, convert_sync_norm
+
+    layer = make_norm(kind, 8)
+    synced = convert_sync_norm(layer)
+    sync = NORMS[kind].sync
+    if sync is None:
+        assert synced is layer
+    else:
+        assert type(synced) is sync and synced.state_dict().keys() == layer.state_dict().keys()
+    assert norm_kind_of(synced) == norm_kind_of(layer)
+
+
+def test_options_go_to_the_kind_that_takes_them():
+    assert make_norm("rfn", 8, relax=0.25).relax == 0.25
+    with pytest.raises(ValueError, match="norm kind 'bn' has no option 'relax' \\(it takes none\\)"):
+        make_norm("bn", 8, relax=0.25)
+    with pytest.raises(ValueError, match="'rfn' has no option 'lam' \\(it takes: relax\\)"):
+        make_norm("rfn", 8, lam=0.25)
+
+
+def test_a_new_entry_is_all_a_new_norm_needs(monkeypatch):
+    """One registry entry: make_norm builds it, norm_kind_of names it, convert_norm swaps BN for it."""
+    from asc.nn import NORMS, NormSpec
+
+    class Toy(nn.Module):
+        norm_kind = "toy"
+
+        def __init__(self, c, eps=1e-5, affine=True):
+            super().__init__()
+            self.affine = affine
+            self.weight = nn.Parameter(torch.ones(c))
+
+        def forward(self, x):
+            return x * self.weight.view(1, -1, *([1] * (x.dim() - 2)))
+
+    monkeypatch.setitem(NORMS, "toy", NormSpec(build=lambda c, dim, *, affine, eps, **_: Toy(c, eps, affine),
+                                               label="toy"))
+    model = convert_norm(small_cnn(), "toy")
+    assert [norm_kind_of(m) for m in model.modules() if norm_kind_of(m)] == ["toy"] * 3
+    assert model(torch.randn(2, 3, 6, 6)).shape == (2, 5)

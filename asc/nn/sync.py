@@ -12,7 +12,9 @@ joins both all-reduces, adding nothing, so the others neither hang nor fail. As 
 does, the "more than 1 value per channel" check applies to the global count, on every process alike.
 
 Do not use `torch.nn.SyncBatchNorm.convert_sync_batchnorm` on a model with L2BN: it turns every
-L2BatchNorm into a plain SyncBatchNorm and silently drops the l2 step. `convert_sync_norm` keeps it.
+L2BatchNorm into a plain SyncBatchNorm and silently drops the l2 step. `asc.nn.convert_sync_norm` keeps
+it: the norm registry (`asc.nn.norms.NORMS`) names each kind's synchronized layer, and each layer here
+names the classes whose forward it reproduces (`replaces`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from asc.nn.kinds import norm_kind_of
 from asc.nn.l2bn import L2_EPS, L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d, l2_batch_norm
 
 
@@ -32,6 +33,8 @@ class SyncBatchNorm(_BatchNorm):
 
     l2 = False
     norm_kind = "bn"
+    #: the layers this one stands in for; subclasses of them may change forward, so they are not swapped
+    replaces: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group: Any = None,
@@ -69,56 +72,27 @@ class SyncBatchNorm(_BatchNorm):
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", l2_eps={self.l2_eps}" if self.l2 else "") + ", synchronized"
 
+    @classmethod
+    def from_layer(cls, old: _BatchNorm, process_group: Any = None) -> SyncBatchNorm:
+        """The synchronized twin of `old`, sharing its parameters and buffers (same state dict)."""
+        new = cls(old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
+                  track_running_stats=old.track_running_stats, process_group=process_group,
+                  l2_eps=getattr(old, "l2_eps", L2_EPS))
+        with torch.no_grad():
+            if old.affine:
+                new.weight = old.weight
+                new.bias = old.bias
+            if old.track_running_stats:
+                new.running_mean = old.running_mean
+                new.running_var = old.running_var
+                new.num_batches_tracked = old.num_batches_tracked
+        new.train(old.training)
+        return new
+
 
 class SyncL2BatchNorm(SyncBatchNorm):
     """L2BN with batch statistics over a process group; state dict as torch's BatchNorm."""
 
     l2 = True
     norm_kind = "l2bn"
-
-
-def _sync_copy(old: _BatchNorm, cls: type, process_group: Any) -> nn.Module:
-    new = cls(old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
-              track_running_stats=old.track_running_stats, process_group=process_group,
-              l2_eps=getattr(old, "l2_eps", L2_EPS))
-    with torch.no_grad():
-        if old.affine:
-            new.weight = old.weight
-            new.bias = old.bias
-        if old.track_running_stats:
-            new.running_mean = old.running_mean
-            new.running_var = old.running_var
-            new.num_batches_tracked = old.num_batches_tracked
-    new.train(old.training)
-    return new
-
-
-def convert_sync_norm(module: nn.Module, process_group: Any = None) -> nn.Module:
-    """Swap every L2BatchNorm for SyncL2BatchNorm and every plain BatchNorm for SyncBatchNorm, in
-    place and sharing parameters and buffers (the state dict is unchanged); returns the module.
-
-    Every other norm layer (lnbn, inbn, pnbn, sn, bcn, bin, with the BN parts inside them) keeps
-    per-process batch statistics.
-    """
-    l2 = (L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d)
-    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-    def swap(m: nn.Module) -> nn.Module | None:
-        if isinstance(m, SyncBatchNorm):
-            return None
-        if isinstance(m, l2):
-            return _sync_copy(m, SyncL2BatchNorm, process_group)
-        if type(m) in plain:  # subclasses (pre-norm + BN kinds) keep their own forward
-            return _sync_copy(m, SyncBatchNorm, process_group)
-        return None
-
-    top = swap(module)
-    if top is not None:
-        return top
-    for name, child in list(module.named_children()):
-        new = swap(child)
-        if new is not None:
-            setattr(module, name, new)
-        elif norm_kind_of(child) is None:  # not into other norm layers
-            convert_sync_norm(child, process_group)
-    return module
+    replaces = (L2BatchNorm1d, L2BatchNorm2d, L2BatchNorm3d)

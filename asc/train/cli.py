@@ -21,9 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="recipe YAML, e.g. recipes/dcase2020/resnet17.yaml (with --resume: "
                                    "optional, the run folder holds its recipe)")
     p.add_argument("--profile", help="recipe profile: paper (default) or one the recipe defines, e.g. quick")
-    from asc.norm_kinds import NORM_KINDS
+    from asc.norm_kinds import NORM_KINDS, NORM_LABELS
 
-    p.add_argument("--norm", help=f"norm kind for every norm layer ({', '.join(NORM_KINDS)})")
+    p.add_argument("--norm", choices=NORM_KINDS, metavar="KIND",
+                   help="norm kind for every norm layer (default: the recipe's): "
+                        + "; ".join(f"{k}: {v}" for k, v in NORM_LABELS.items()))
     p.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
     p.add_argument("--out", help="run directory (default: RUNS/<name>_<profile>_<norm>_seed<seed>)")
     p.add_argument("--runs", default="runs", help="parent of default run directories (default: runs)")
