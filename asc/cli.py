@@ -42,6 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _watch_interrupts() -> list[bool]:
+    """A SIGINT handler that remembers it fired (then raises KeyboardInterrupt as Python's does): an
+    interrupt can surface as another exception, which is then known to be the user's Ctrl-C."""
+    import signal
+
+    fired: list[bool] = []
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return fired  # someone else handles it (a test runner, an embedding program)
+
+    def handler(signum, frame):
+        fired.append(True)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        pass
+    return fired
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,12 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 1
+    interrupted = _watch_interrupts()
     try:
         result = func(args)
     except AscError as exc:
         print(f"asc {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        print(f"asc {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except ImportError:
+        # Ctrl-C while a compiled extension initializes (torch at start-up) surfaces as an ImportError
+        if not interrupted:
+            raise
         print(f"asc {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk, a permission, a vanished file: the path and the reason

@@ -75,6 +75,11 @@ def _setup(cfg: dict, compute: bool, pad_short: bool) -> None:
 
 
 def _init_worker(cfg: dict, compute: bool, pad_short: bool, parent_pid: int) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent reports it in one line and stops the pool, so
+    # a worker ignores it rather than print a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     import torch
 
