@@ -27,8 +27,8 @@ def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
 
 def test_ctrl_c_during_extraction_with_workers_is_one_line(tiny_dataset, tmp_path):
     features = str(ROOT / "features/logmel128_deltas.yaml")
-    proc = _start(["extract", "--data", str(tiny_dataset), "--features", features, "--out", str(tmp_path / "cache"),
-                   "--workers", "2", "--set", "storage.shard_size=8"])
+    proc = _start(["extract", "--data", str(tiny_dataset), "--features", features,
+                   "--out", str(tmp_path / "cache"), "--workers", "2", "--set", "storage.shard_size=8"])
     deadline = time.time() + 60
     line = ""
     while "to extract" not in line and time.time() < deadline:
