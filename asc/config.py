@@ -367,6 +367,10 @@ def _parse(text: str, file: str) -> tuple[Any, yaml.Node | None, dict[tuple, Ori
         loader.dispose()
 
 
+#: configs are a few KiB; a larger file is a mistake, and would be copied into every checkpoint
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_yaml(path: str | os.PathLike) -> ConfigDict:
     """Read a YAML mapping with the safe config loader; errors name the file and line.
 
@@ -374,6 +378,10 @@ def load_yaml(path: str | os.PathLike) -> ConfigDict:
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES and path.is_file():  # a config is copied into every checkpoint
+            raise ConfigError(f"{path}: {size / 2**20:.1f} MiB is not a config (at most "
+                              f"{MAX_CONFIG_BYTES // 2**20} MiB); give the recipe or feature YAML")
         blob = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None

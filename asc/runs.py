@@ -176,6 +176,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     path = Path(path)
     if not path.is_file():
         raise AscError(f"{path}: no such checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch's zip format, or its legacy pickle
+        what = "an empty file" if not head else "not a torch file (text or other data)"
+        raise AscError(f"{path}: {what}, not an asc-l2bn checkpoint; retrain the run, or use the other "
+                       "checkpoint (--checkpoint last/best)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files

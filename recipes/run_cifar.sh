@@ -19,6 +19,7 @@ script=run_cifar
 task=cifar100
 stage=0
 stop_stage=3
+last_stage=3
 profile=quick
 models="resnet56"
 norms="bn l2bn"

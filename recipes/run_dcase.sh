@@ -21,6 +21,7 @@ script=run_dcase
 task=dcase2020
 stage=0
 stop_stage=4
+last_stage=4
 profile=quick
 models="resnet17 fcnn fsfcnn"
 norms="bn l2bn"

@@ -45,6 +45,9 @@ parse_options() {
   for n in "$stage" "$stop_stage" "$gpus" "$jobs" $seeds; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "expected a whole number, got '$n' (see --help)"
   done
+  # a range that runs nothing is a mistake, not a success: the script's own last stage is the default
+  [ "$stop_stage" -le "$last_stage" ] || die "--stop-stage $stop_stage: the stages are 0 to $last_stage"
+  [ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop-stage $stop_stage: nothing to run"
   [ "$gpus" -ge 1 ] || die "--gpus must be at least 1"
   [ "$jobs" -ge 1 ] || die "--jobs must be at least 1"
   if [ "$jobs" -gt 1 ] && { [ "${BASH_VERSINFO[0]}" -lt 5 ] ||

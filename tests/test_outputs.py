@@ -153,3 +153,44 @@ def test_synth_force_deletes_only_what_synthesis_wrote(tmp_path):
     import soundfile as sf
 
     assert sf.info(str(next(p for p in (out / "audio").glob("*-a.wav")))).duration == pytest.approx(1.5)
+
+
+def test_smaller_refusals(tmp_path, capsys):
+    """A second extraction of one cache at once, a config too large to be one, a text file in place of
+    a checkpoint, and stage ranges that would run nothing: one line each."""
+    import subprocess
+
+    from asc.config import load_yaml
+    from asc.errors import ConfigError
+    from asc.features.cli import lock_cache
+    from asc.runs import load_checkpoint
+
+    cache = tmp_path / "cache" / "f-abc"
+    cache.mkdir(parents=True)
+    held = lock_cache(cache)
+    with pytest.raises(AscError, match=r"another asc extract \(process \d+\) is writing this cache"):
+        lock_cache(cache)
+    held.close()
+    lock_cache(cache).close()  # free again once the first has ended
+    assert [p.name for p in cache.iterdir()] == []  # the lock lies beside the cache, not in it
+
+    big = tmp_path / "big.yaml"
+    big.write_text("a: 1\n" + "# padding\n" * 120_000)
+    with pytest.raises(ConfigError, match=r"big.yaml: 1.1 MiB is not a config \(at most 1 MiB\)"):
+        load_yaml(big)
+
+    text = tmp_path / "best.pt"
+    text.write_text("this is not a checkpoint\n")
+    with pytest.raises(AscError, match=r"best.pt: not a torch file \(text or other data\)"):
+        load_checkpoint(text)
+    text.write_bytes(b"")
+    with pytest.raises(AscError, match=r"best.pt: an empty file"):
+        load_checkpoint(text)
+
+    for args, message in ((["--stage", "9"], "--stage 9 comes after --stop-stage 4: nothing to run"),
+                          (["--stage", "4", "--stop-stage", "1"], "--stage 4 comes after --stop-stage 1"),
+                          (["--stop-stage", "7"], "--stop-stage 7: the stages are 0 to 4")):
+        res = subprocess.run(["bash", "recipes/run_dcase.sh", "--synth", str(tmp_path / "none"), *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert not (tmp_path / "none").exists()

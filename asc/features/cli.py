@@ -135,6 +135,32 @@ def _repair_command(args: argparse.Namespace) -> str:
     return shlex.join(argv)
 
 
+def lock_cache(cache_dir):
+    """One `asc extract` writes a cache folder at a time (an advisory lock the system drops when the
+    process ends): a second is refused in one line instead of failing on files the first moves."""
+    import fcntl
+    import os
+    from pathlib import Path
+
+    from asc.errors import AscError
+
+    path = Path(cache_dir).parent / f".{Path(cache_dir).name}.extract.lock"  # beside the data, not in it
+    fh = open(path, "a+")  # noqa: SIM115 (kept open: the lock lives as long as the file object)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        who = fh.read().strip() or "another process"
+        fh.close()
+        raise AscError(f"{cache_dir}: another asc extract ({who}) is writing this cache; wait for it to "
+                       "finish, then re-run (finished shards are kept)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"process {os.getpid()}")
+    fh.flush()
+    return fh
+
+
 def _verify_only(cache_dir: object) -> int:
     from asc.errors import DataError
     from asc.features.cache import read_manifest, verify_cache
@@ -236,6 +262,9 @@ def run_extract(args: argparse.Namespace) -> int:
     if not args.skip_bad:  # with --skip-bad they end up in the manifest's `skipped`
         _require_audio_files(dataset, clips)
     source = {"name": described.name, "root": str(Path(args.data).resolve())}
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    if args.num_shards == 1:  # the parts of a multi-machine run write disjoint shards at once, by design
+        _lock = lock_cache(cache_dir)  # noqa: F841 (held until this command ends)
     check_source(cache_dir, source)
     write_source(cache_dir, requested, source)
     result = extract(clips, cfg, cache_dir, name=stem, dataset_root=str(Path(args.data).resolve()),
