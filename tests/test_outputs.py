@@ -194,3 +194,35 @@ def test_smaller_refusals(tmp_path, capsys):
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert res.returncode == 2 and message in res.stderr, res.stderr
         assert not (tmp_path / "none").exists()
+
+
+def test_rehash_finds_audio_replaced_with_the_same_size_and_time(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from asc.cli import main
+    from asc.features.dataset import FeatureDataset
+    from tests.tiny_tau import FEATURES, write_tau_folder
+
+    data = write_tau_folder(tmp_path / "tau")
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(FEATURES))
+    base = ["extract", "--data", str(data), "--features", str(tmp_path / "f.yaml"), "--out",
+            str(tmp_path / "cache"), "--workers", "1"]
+    assert main([*base, "--rehash"]) == 0
+    cache_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    target = sorted((data / "audio").glob("*-a.wav"))[0]
+    clip_id = target.stem
+    ds = FeatureDataset(cache_dir, split=None)
+    before = ds.array(ds.ids.index(clip_id))
+    stat = target.stat()
+    info = sf.info(str(target))
+    sf.write(target, np.zeros(info.frames, dtype=np.float32) + 0.01, info.samplerate, subtype=info.subtype)
+    assert target.stat().st_size == stat.st_size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time: other content
+    assert main(base) == 0
+    assert "0 to extract" in capsys.readouterr().out  # size and time alone cannot see it
+    assert main([*base, "--rehash"]) == 0
+    out = capsys.readouterr().out
+    assert "1 file(s) differ from what the shard was built from" in out and "1 to extract" in out
+    ds = FeatureDataset(cache_dir, split=None)
+    assert not np.allclose(ds.array(ds.ids.index(clip_id)), before)

@@ -88,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", action="store_true",
                    help="write the manifest of a multi-part run whose parts are all in CACHE (every shard "
                         "is re-hashed first)")
+    p.add_argument("--rehash", action="store_true",
+                   help="also compare every audio file's content (a hash of its bytes) with what each shard "
+                        "was built from, and rebuild what changed; without it a file counts as unchanged "
+                        "while its size and modification time are")
     p.add_argument("--verify", action="store_true",
                    help="re-hash every shard against its checksum; without --data only report (exit 2 if "
                         "any is bad), with --data also rebuild the bad ones")
@@ -198,7 +202,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
     from asc.errors import AscError, DataError
     from asc.features.cache import merge_parts, read_manifest
-    from asc.features.extract import clips_from_dataset, extract
+    from asc.features.extract import clips_from_dataset
     from asc.features.logmel import feature_hash
 
     if args.workers < 1:
@@ -233,7 +237,6 @@ def run_extract(args: argparse.Namespace) -> int:
 
     from asc.data.clips import SPLITS
     from asc.data.readers import load_dataset
-    from asc.features.cache import check_source, write_source
     from asc.features.logmel import bind_duration
 
     splits = None
@@ -257,14 +260,33 @@ def run_extract(args: argparse.Namespace) -> int:
             print(f"keeping the split(s) already in the cache: {', '.join(kept)}")
             splits = [*splits, *kept]
     clips = clips_from_dataset(dataset, splits)
+    if args.rehash:
+        from asc.features.extract import with_content
+
+        clips = with_content(clips)
     if not clips:
         raise DataError(f"{args.data}: no clips{' in splits ' + ','.join(splits) if splits else ''}")
     if not args.skip_bad:  # with --skip-bad they end up in the manifest's `skipped`
         _require_audio_files(dataset, clips)
     source = {"name": described.name, "root": str(Path(args.data).resolve())}
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    if args.num_shards == 1:  # the parts of a multi-machine run write disjoint shards at once, by design
-        _lock = lock_cache(cache_dir)  # noqa: F841 (held until this command ends)
+    # the parts of a multi-machine run write disjoint shards at once, by design: no lock for them
+    lock = lock_cache(cache_dir) if args.num_shards == 1 else None
+    try:
+        _extract_locked(args, dataset, clips, cfg, cache_dir, stem, requested, source, described)
+    finally:
+        if lock is not None:
+            lock.close()
+    print(cache_dir)
+    return 0
+
+
+def _extract_locked(args, dataset, clips, cfg, cache_dir, stem, requested, source, described) -> None:
+    from pathlib import Path
+
+    from asc.features.cache import check_source, read_manifest, write_source
+    from asc.features.extract import extract
+
     check_source(cache_dir, source)
     write_source(cache_dir, requested, source)
     result = extract(clips, cfg, cache_dir, name=stem, dataset_root=str(Path(args.data).resolve()),
@@ -279,5 +301,3 @@ def run_extract(args: argparse.Namespace) -> int:
         extra = f", {padded} zero-padded" if padded else ""
         print(f"{manifest['num_clips']} clips ({len(manifest['skipped'])} skipped{extra}) in {shards} "
               f"shard{'s' if shards != 1 else ''}, shape {tuple(manifest['shape'])}, {manifest['dtype']}")
-    print(cache_dir)
-    return 0

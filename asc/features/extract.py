@@ -50,10 +50,34 @@ class SourceClip:
     split: str | None = None
     size: int | None = None
     mtime_ns: int | None = None
+    content: str | None = None  # blake2b of the file's bytes, with --rehash only (not part of the stamp)
 
     @property
     def stamp(self) -> tuple:
         return (self.id, self.file, self.size, self.mtime_ns)
+
+
+def content_hash(path: str | os.PathLike) -> str | None:
+    """blake2b of a file's bytes (None when it cannot be read): what --rehash compares, for audio
+    replaced by other content of the same size and modification time."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def with_content(clips: Sequence[SourceClip]) -> list[SourceClip]:
+    """The clips with their content hashes (reads every file)."""
+    import dataclasses
+
+    from asc.progress import progress
+
+    return [dataclasses.replace(c, content=content_hash(c.path))
+            for c in progress(clips, desc="rehash", unit="file", total=len(clips))]
 
 
 def stat_source(path: str | os.PathLike) -> tuple[int | None, int | None]:
@@ -221,8 +245,8 @@ class ShardWriter:
             "format": FORMAT_VERSION, "config_hash": self.cfg_hash, "dtype": self.dtype,
             "shape": list(self.shape), "count": len(self.shard.clips),
             "bytes": self.tmp.stat().st_size, "checksum": shards.checksum(self.tmp, self.data_offset),
-            "clips": [{"id": c.id, "file": c.file, "size": c.size, "mtime_ns": c.mtime_ns}
-                      for c in self.shard.clips],
+            "clips": [{"id": c.id, "file": c.file, "size": c.size, "mtime_ns": c.mtime_ns,
+                       **({"content": c.content} if c.content else {})} for c in self.shard.clips],
             "skipped": self.skipped,
             "padded": self.padded,
         })
@@ -266,8 +290,8 @@ class _Trust:
         return verdict
 
     def reusable_rows(self, pad_short: bool) -> dict:
-        """stamp -> (npy path, offset, padded entry or None) for every good row of every good shard
-        in the folder (zero-padded rows only when short clips may be padded)."""
+        """stamp -> (npy path, offset, padded entry or None, content hash or None) for every good row of
+        every good shard in the folder (zero-padded rows only when short clips may be padded)."""
         index: dict[tuple, tuple[Path, int, dict | None]] = {}
         for sidecar in sorted(self.cache_dir.glob(f"{SHARD_PREFIX}*.json")):
             try:
@@ -280,7 +304,8 @@ class _Trust:
                 if c.get("id") in bad or c.get("size") is None or (c.get("id") in padded and not pad_short):
                     continue
                 index.setdefault((c["id"], c["file"], c["size"], c["mtime_ns"]),
-                                 (sidecar.with_suffix(".npy"), offset, padded.get(c.get("id"))))
+                                 (sidecar.with_suffix(".npy"), offset, padded.get(c.get("id")),
+                                  c.get("content")))
         return index
 
 
@@ -372,15 +397,29 @@ def _extract(clips: Sequence[SourceClip], cfg: dict, cache_dir: Path, *, name: s
     trust = _Trust(cache_dir, cfg_hash, dtype, shape, deep=verify)
     mine = [s for s in plan if s.index % num_shards == shard_index]
     todo, rebuilt = [], []
+    rehash = any(c.content for c in clips)
     for s in mine:
         try:
-            trust.check(s.npy(cache_dir), [c.stamp for c in s.clips])
+            meta = trust.check(s.npy(cache_dir), [c.stamp for c in s.clips])
         except BadShard as bad:
             if bad.reason != shards.MISSING:
                 log(f"{bad}; extracting it again")
                 rebuilt.append(str(bad.path))
             todo.append(s)
+            continue
+        if rehash:
+            recorded = [c.get("content") for c in meta.get("clips", [])]
+            changed = [c.file for c, r in zip(s.clips, recorded) if r != c.content]
+            if changed:
+                log(f"{s.npy(cache_dir)}: {len(changed)} file(s) differ from what the shard was built from "
+                    f"(first: {changed[0]}); extracting it again")
+                rebuilt.append(str(s.npy(cache_dir)))
+                todo.append(s)
     reuse = trust.reusable_rows(pad_short) if todo else {}
+    if rehash:  # a row is reused only when its file's content is the one it was computed from
+        contents = {c.stamp: c.content for c in clips}
+        reuse = {k: v for k, v in reuse.items() if v[3] is not None and v[3] == contents.get(k)}
+    reuse = {k: v[:3] for k, v in reuse.items()}
     jobs = [[(off, reuse.get(c.stamp)) for off, c in enumerate(s.clips)] for s in todo]
     paths = [s.clips[off].path for s, js in zip(todo, jobs) for off, src in js if src is None]
     total = sum(len(s.clips) for s in mine)
