@@ -182,3 +182,25 @@ def test_keras_momentum_follows_the_hand_computed_sequence_across_a_restart():
     assert float(q) - before == pytest.approx(-0.1 * (1 + 0.9 + 0.81 + 0.729))  # torch: 0.34, Keras 0.21
     for name in ("resnet17", "fcnn", "fsfcnn"):  # the paper profiles train as the Keras originals did
         assert load_recipe(ROOT / "recipes/dcase2020" / f"{name}.yaml")["train"]["momentum_style"] == "keras"
+
+
+def test_shipped_recipes_keep_their_flat_augment_keys_as_the_default_list():
+    listed = {}
+    for path in sorted((ROOT / "recipes").glob("*/*.yaml")):
+        r = load_recipe(path, overrides=["data.root=/nowhere"] if "cifar" in path.parent.name else [])
+        assert r["augment"]["transforms"] is None, path
+        listed[path.stem] = [t["name"] for t in augment.transform_list(r["augment"])]
+    assert listed["fcnn"] == listed["fsfcnn"] == ["specaugment", "crop", "mixup"]
+    assert listed["resnet17"] == ["crop", "mixup"]
+    assert listed["resnet20"] == ["crop_flip"] and listed["regnetx_200mf"] == ["crop_flip", "mixup"]
+
+
+def test_a_transform_list_given_with_set_loads_and_trains_its_order():
+    r = load_recipe(ROOT / "recipes/dcase2020/resnet17.yaml", overrides=[
+        "augment.crop_frames=null", "augment.mixup_alpha=0",
+        "augment.transforms=[{name: crop, frames: 400}, {name: freq_mixstyle}, {name: mixup, alpha: 0.4}]"])
+    assert [t["name"] for t in augment.transform_list(r["augment"])] == ["crop", "freq_mixstyle", "mixup"]
+    assert augment.transform_list(r["augment"])[1] == {"name": "freq_mixstyle", "p": 0.4, "alpha": 0.3}
+    assert augment.needs_partner(r["augment"])
+    with pytest.raises(ConfigError, match="--set augment.transforms=crop: expected list"):
+        load_recipe(ROOT / "recipes/dcase2020/resnet17.yaml", overrides=["augment.transforms=crop"])

@@ -2,7 +2,7 @@
 
 Every random choice is a function of (seed, epoch, step), drawn for the whole global batch and then
 sliced per rank. So a run resumed mid-way, or split over several processes, sees exactly the inputs
-a single uninterrupted process sees.
+a single uninterrupted process sees (freq_mixstyle's partners aside: see `augment.freq_mixstyle`).
 """
 
 from __future__ import annotations
@@ -20,15 +20,28 @@ from asc.train import augment
 
 
 def clip_augment(aug: dict, frames: int | None, log: Callable[[str], None] | None = None) -> dict:
-    """The augment section for inputs of `frames` time steps: crop and time-mask widths written for
-    `reference_frames` scale with the clip (a 1-s clip has 36 frames where a 10-s one has 423), and a
-    crop longer than the clip is an error naming the setting."""
+    """The augment section for inputs of `frames` time steps: widths in frames written for
+    `reference_frames` (crop and time-mask widths, flat or in `transforms`) scale with the clip (a 1-s
+    clip has 36 frames where a 10-s one has 423), and a crop longer than the clip is an error naming
+    the setting. A `transforms` list comes back checked, with every parameter filled in."""
     out = dict(aug)
     ref = aug.get("reference_frames")
-    if frames is None or not ref or frames == ref:
-        scaled = False
-    else:
-        scaled = True
+    scaled = not (frames is None or not ref or frames == ref)
+    how = "" if scaled else " (set augment.reference_frames to scale it with the clip)"
+    if aug.get("transforms") is not None:
+        listed = augment.transform_list(aug)
+        out["transforms"] = augment.scale_frames(listed, frames, ref) if scaled else listed
+        changes = [f"augment.transforms.{i}.{k} {a[k]} -> {b[k]}" for i, (a, b) in
+                   enumerate(zip(listed, out["transforms"])) for k in a if a[k] != b[k]]
+        if changes and log is not None:
+            log(f"clips of {frames} frames (widths written for {ref}): {', '.join(changes)}")
+        for i, t in enumerate(out["transforms"]):
+            for key in augment.TRANSFORMS[t["name"]].clip_params:
+                if frames is not None and t[key] > frames:
+                    raise AscError(f"augment.transforms.{i}.{key} {t[key]} is longer than the clips' "
+                                   f"{frames} frames{how}; lower it")
+        return out
+    if scaled:
         for key in ("crop_frames", "time_mask_width"):
             if out.get(key):
                 out[key] = max(1, int(round(out[key] * frames / ref)))
@@ -37,7 +50,6 @@ def clip_augment(aug: dict, frames: int | None, log: Callable[[str], None] | Non
                 f"{aug.get('crop_frames')} -> {out.get('crop_frames')}, time_mask_width "
                 f"{aug.get('time_mask_width')} -> {out.get('time_mask_width')}")
     if frames is not None and out.get("crop_frames") and out["crop_frames"] > frames:
-        how = "" if scaled else " (set augment.reference_frames to scale it with the clip)"
         raise AscError(f"augment.crop_frames {out['crop_frames']} is longer than the clips' {frames} "
                        f"frames{how}; lower it or set it to null")
     return out
@@ -111,7 +123,8 @@ def train_loader(task: TaskData, recipe: dict, epoch: int, rank: int, world: int
                  pin_memory: bool = False) -> DataLoader:
     tr = recipe["train"]
     sampler = StepSampler(len(task.train), tr["batch_size"], seed=recipe["seed"], epoch=epoch, rank=rank,
-                          world=world, partner=recipe["augment"]["mixup_alpha"] > 0, start_step=start_step,
+                          world=world, partner=augment.needs_partner(recipe["augment"]),
+                          start_step=start_step,
                           max_steps=tr["max_steps_per_epoch"])
     workers = recipe["data"]["num_workers"] if task.kind == "spectrogram" else 0
     return DataLoader(task.train, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
@@ -131,60 +144,27 @@ def steps_per_epoch(n: int, recipe: dict) -> int:
 
 def prepare_batch(x: Tensor, y: Tensor, *, task: TaskData, recipe: dict, epoch: int, step: int,
                   rank: int, world: int) -> tuple[Tensor, Tensor]:
-    """Augment this rank's slice of a global batch; returns inputs and soft targets."""
+    """Run the recipe's transform list (`augment.transforms_for`) on this rank's slice of a global
+    batch: the raw-input transforms, the task's input transform (images: normalized; spectrograms:
+    float32), the rest. Returns inputs and soft targets."""
     aug = task.augment or recipe["augment"]
     tr = recipe["train"]
+    transforms = augment.transforms_for(aug, task.kind)
     g = augment.step_generator(recipe["seed"], epoch, step)
     gb = min(tr["batch_size"], len(task.train))  # global batch size
     local = gb // world
     sl = slice(rank * local, (rank + 1) * local)
-    mix = aug["mixup_alpha"] > 0
-    parts = 2 if mix else 1
-    x = AUGMENT_BY_KIND[task.kind](x, aug, g, rows=_rows(sl, gb, parts), n_all=gb * parts)
+    parts = 2 if any(augment.TRANSFORMS[t["name"]].pairs for t in transforms) else 1
     targets = augment.soft_targets(y.to(x.device), task.num_classes, tr["label_smoothing"])
-    if mix:
-        lam = augment.mixup_weights(gb, aug["mixup_alpha"], g)[sl].to(x.device)
-        half = x.shape[0] // 2
-        lx = lam.view(-1, *([1] * (x.dim() - 1)))
-        x = x[:half] * lx + x[half:] * (1 - lx)
-        targets = targets[:half] * lam[:, None] + targets[half:] * (1 - lam[:, None])
-    return x, targets
+    batch = augment.Batch(x, targets, _rows(sl, gb, parts), gb * parts, partnered=parts == 2)
+    batch = augment.run_transforms(transforms, batch, g, to_input=task.transform or _as_float)
+    return batch.x, batch.targets
+
+
+def _as_float(x: Tensor) -> Tensor:
+    return x.float()
 
 
 def _rows(sl: slice, gb: int, parts: int) -> Tensor:
     """This rank's rows of the global batch (and of the mixup partner batch)."""
     return torch.cat([torch.arange(sl.start, sl.stop) + p * gb for p in range(parts)])
-
-
-def _augment_images(x: Tensor, aug: dict, g: torch.Generator, *, rows: Tensor, n_all: int) -> Tensor:
-    from asc.data.cifar import normalize_images, random_crop_flip
-
-    imgs = x
-    if aug["crop_pad"] > 0 or aug["hflip"]:
-        # draw for the whole global batch (and partner), then keep this rank's rows
-        full = torch.zeros((n_all, *x.shape[1:]), dtype=x.dtype, device=x.device)
-        rows = rows.to(x.device)
-        full[rows] = x
-        full = random_crop_flip(full, pad=aug["crop_pad"], generator=g)
-        imgs = full[rows]
-    return normalize_images(imgs)
-
-
-def _augment_spectrograms(x: Tensor, aug: dict, g: torch.Generator, *, rows: Tensor, n_all: int) -> Tensor:
-    x = x.float()
-    c, f, t = x.shape[1], x.shape[2], x.shape[3]
-    if aug["freq_masks"]:
-        start, width = augment.mask_params(n_all, c, f, aug["freq_mask_width"], aug["freq_masks"], g)
-        x = augment.apply_masks(x, start[rows], width[rows], axis=2)
-    if aug["time_masks"]:
-        start, width = augment.mask_params(n_all, c, t, aug["time_mask_width"], aug["time_masks"], g)
-        x = augment.apply_masks(x, start[rows], width[rows], axis=3)
-    if aug["crop_frames"]:
-        offsets = augment.random_crop_offsets(n_all, t, aug["crop_frames"], g)
-        x = augment.crop_time(x, offsets[rows], aug["crop_frames"])
-    return x
-
-
-#: batch augmentation per kind of input (TaskData.kind)
-AUGMENT_BY_KIND: dict[str, Callable[..., Tensor]] = {"image": _augment_images,
-                                                     "spectrogram": _augment_spectrograms}

@@ -34,6 +34,7 @@ from asc.config import (
 )
 from asc.errors import ConfigError
 from asc.nn import NORM_KINDS
+from asc.train.augment import TRANSFORMS
 
 TASKS = ("dcase", "cifar100")
 DEFAULT_PROFILE = "paper"
@@ -102,6 +103,12 @@ SCHEMA: dict[str, Any] = {
         "max_steps_per_epoch": Field(int, None, nullable=True, min=1),
     },
     "augment": {
+        "transforms": Field(list, None, nullable=True,
+                            help="the batch transforms in order, each {name: NAME, its parameters}, e.g. "
+                                 "[{name: crop, frames: 400}, {name: mixup, alpha: 0.4}]; names: "
+                                 f"{', '.join(TRANSFORMS)} (asc.train.augment); null: the list the keys "
+                                 "below describe (masks, crop, crop_pad/hflip, then mixup), which must "
+                                 "then keep their defaults"),
         "crop_frames": Field(int, None, nullable=True, min=1),
         "reference_frames": Field(int, None, nullable=True, min=1,
                                   help="the time axis (frames) crop_frames and time_mask_width are written "
