@@ -45,17 +45,23 @@ def register(subparsers) -> None:
 
     compare = subparsers.add_parser(
         "compare",
-        help="BN vs L2BN over evaluated runs: mean ± std, paired differences with 95 %% CI and p-value",
+        help="BN vs L2BN (or any variants against a baseline) over evaluated runs: mean ± std, paired "
+             "differences with 95 %% CI, p-value and Holm-adjusted p-value",
         description=(
-            "Read RUN/report/report.json of each run, group the runs by model and norm, and write\n"
-            "compare.md, compare.json and figures: accuracy (mean ± std over seeds), macro accuracy, log\n"
-            "loss, per-device accuracy, angles and IIR side by side; per model the paired differences\n"
-            "L2BN - BN over runs that share a seed, with a 95 % Student-t interval and a paired t-test\n"
-            "p-value; model sizes; the paper's curves over epochs (accuracy and loss, IIR, angles).\n"
+            "Read RUN/report/report.json of each run, group the runs by model and variant, and write\n"
+            "compare.md, compare.json and figures: accuracy (mean ± std over seeds), the seen - unseen\n"
+            "device gap, macro accuracy, log loss, per-device accuracy, angles and IIR side by side; per\n"
+            "model the paired differences variant - baseline over runs that share a seed, with a 95 %\n"
+            "Student-t interval, a paired t-test p-value and, for accuracy, the p-value Holm-adjusted over\n"
+            "the model's comparisons; model sizes; the paper's curves over epochs (accuracy and loss, IIR,\n"
+            "angles). A run's variant is its norm plus the transforms its recipe adds to the recipe's own\n"
+            "augmentation (RUN/recipe.yaml), e.g. bn+freq_mixstyle.\n"
             "Runs scored on different splits, datasets, feature configs or numbers of epochs are refused\n"
             "unless --allow-mixed. The main and paired tables are also printed."
         ),
-        epilog="example:\n  asc compare runs/resnet17_paper_*_seed* --out runs/compare",
+        epilog=("examples:\n  asc compare runs/resnet17_paper_*_seed* --out runs/compare\n"
+                "  asc compare exp/dcase2020_quick/fcnn_quick_*_seed* --baseline bn  "
+                "# bn, l2bn, bn+freq_mixstyle, ..."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run folders")
@@ -63,6 +69,13 @@ def register(subparsers) -> None:
                          help="output folder (default: the runs' common parent folder + /compare)")
     compare.add_argument("--allow-mixed", action="store_true",
                          help="compare runs scored on different splits, datasets, features or epochs anyway")
+    compare.add_argument("--baseline", metavar="NAME", default=None,
+                         help="the variant every other is paired with, e.g. bn or bn+freq_mixstyle "
+                              "(default: bn)")
+    compare.add_argument("--unseen-group", metavar="NAME", default="unseen",
+                         help="the device group held out of training: the main table's gap column is the "
+                              "accuracy on the other groups' devices minus this group's (default: unseen; "
+                              "no column when the reports have no such group)")
     compare.set_defaults(func=_compare)
 
     analyze = subparsers.add_parser(
@@ -137,7 +150,8 @@ def _analyze(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from asc.eval.compare import compare_runs, main_table, paired_table
 
-    summary, _, out = compare_runs(args.runs, args.out, allow_mixed=args.allow_mixed)
+    summary, _, out = compare_runs(args.runs, args.out, allow_mixed=args.allow_mixed, baseline=args.baseline,
+                                   unseen_group=args.unseen_group)
     if summary.get("notice"):
         print(summary["notice"])
     for warning in summary.get("warnings", []):
