@@ -8,13 +8,14 @@
 #   bash recipes/run_dcase.sh --dataset tau2022                # 1-s clips: a synthetic TAU 2022 set
 #   bash recipes/run_dcase.sh --data my_sounds/                # a folder per class, or a CSV manifest
 #   bash recipes/run_dcase.sh --stage 3 --stop-stage 4         # re-evaluate and compare only
+#   bash recipes/run_dcase.sh --models fcnn --seeds "0 1 2" --variants "bn l2bn bn+freq_mixstyle l2bn+freq_mixstyle"
 #
 # Stages (each re-runnable; finished work is skipped):
 #   0 data      synthetic set (default), a local copy (--data), or a download (--download)
 #   1 extract   log-mel + deltas into cached shards (asc extract)
-#   2 train     models x norms x seeds (asc train; torchrun when --gpus > 1)
+#   2 train     models x norms (or variants) x seeds (asc train; torchrun when --gpus > 1)
 #   3 evaluate  per-device/per-scene reports for every run (asc evaluate)
-#   4 compare   BN vs L2BN table over seeds (asc compare)
+#   4 compare   BN vs L2BN table over seeds (asc compare); with --variants, each against the first
 set -euo pipefail
 
 script=run_dcase
@@ -25,6 +26,7 @@ last_stage=4
 profile=quick
 models="resnet17 fcnn fsfcnn"
 norms="bn l2bn"
+variants=""
 seeds="0"
 device=auto
 gpus=1
@@ -48,6 +50,9 @@ Options (default):
   --profile quick|paper        recipe profile ($profile)
   --models "..."               models to train ("$models")
   --norms "..."                norm kinds ("$norms")
+  --variants "..."             instead of --norms: variants NORM[+TRANSFORM...], e.g. "bn l2bn bn+freq_mixstyle";
+                               +TRANSFORM appends that augmentation (default parameters) to the recipe's own;
+                               run folders are named by the variant; stage 4 pairs each with the first
   --seeds "..."                seeds ("$seeds")
   --device auto|cpu|cuda       training/extraction device ($device)
   --jobs N                     runs trained/evaluated at once, each on cores/N threads
@@ -77,13 +82,21 @@ extra_option() {
     --features) features=$2 ;;
     --cache) cache=$2 ;;
     --nj) nj=$2 ;;
+    --variants) [ -n "${2//[[:space:]]/}" ] || die "--variants needs at least one variant, e.g. \"bn l2bn\""
+                variants=$2 ;;
     *) return 1 ;;
   esac
 }
 
 # shellcheck source=recipes/stages.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
+norms_given=""
+for arg in "$@"; do [ "$arg" != --norms ] || norms_given=1; done
 parse_options "$@"
+if [ -n "$variants" ] && [ -n "$norms_given" ]; then
+  die "--variants and --norms both say what to train: give the plain norms among the variants" \
+    "(e.g. --variants \"bn l2bn bn+freq_mixstyle\")"
+fi
 case "$dataset" in ""|tau2020|tau2022|folder|csv) ;; *) die "--dataset must be tau2020, tau2022, folder or csv" ;; esac
 [ -z "$download" ] || case "$dataset" in ""|tau2020|tau2022) ;; *) die "--download fetches tau2020 or tau2022" ;; esac
 setup
@@ -157,7 +170,9 @@ fi
 
 if in_stage 2; then
   stage_begin 2 train
-  log "stage 2: train ${#run_dirs[@]} run(s): models [$models] x norms [$norms] x seeds [$seeds], profile $profile"
+  axis="norms [$norms]"
+  [ -z "$variants" ] || axis="variants [$variants]"
+  log "stage 2: train ${#run_dirs[@]} run(s): models [$models] x $axis x seeds [$seeds], profile $profile"
   # the same features the cache holds, whatever the recipe names
   log "  $(estimate_stages --set "features=$features" --set "data.cache=$cache")"
   train_all --set "features=$features" --set "data.cache=$cache"
@@ -173,8 +188,14 @@ fi
 
 if in_stage 4; then
   stage_begin 4 compare
-  log "stage 4: compare BN and L2BN"
-  asc compare "${run_dirs[@]}" --out "$exp/compare"
+  if [ -n "$variants" ]; then
+    read -r baseline _ <<<"$variants"
+    log "stage 4: compare the variants against $baseline"
+    asc compare "${run_dirs[@]}" --out "$exp/compare" --baseline "$baseline"
+  else
+    log "stage 4: compare BN and L2BN"
+    asc compare "${run_dirs[@]}" --out "$exp/compare"
+  fi
   log "comparison report: $exp/compare/compare.md"
   stage_end
 fi

@@ -101,19 +101,103 @@ stage_times() {
   printf '| total | %d |\n' "$total"
 }
 
-# plan_runs: run_dirs and run_specs ("model norm seed") for models x norms x seeds
+# plan_runs: run_dirs, run_specs ("model norm seed") and run_sets (each run's extra recipe overrides,
+# quoted for eval; empty for a plain norm) for models x norms x seeds, or models x variants x seeds when
+# the script has `variants` (NORM[+TRANSFORM...]; checked, and their overrides made, by variant_sets)
 plan_runs() {
   run_dirs=()
   run_specs=()
-  local model norm seed
+  run_sets=()
+  local model variant seed planned m v sets
+  declare -A sets_of=()
+  if [ -n "${variants:-}" ]; then
+    planned=$(variant_sets) || exit 2
+    while IFS=$'\t' read -r m v sets; do sets_of["$m $v"]=$sets; done <<<"$planned"
+  fi
   for model in $models; do
-    for norm in $norms; do
+    for variant in ${variants:-$norms}; do
       for seed in $seeds; do
-        run_dirs+=("$exp/${model}_${profile}_${norm}${tag:-}_seed${seed}")
-        run_specs+=("$model $norm $seed")
+        run_dirs+=("$exp/${model}_${profile}_${variant}${tag:-}_seed${seed}")
+        run_specs+=("$model ${variant%%+*} $seed")
+        run_sets+=("${sets_of["$model $variant"]:-}")
       done
     done
   done
+}
+
+# variant_sets: per model and variant one line "MODEL<TAB>VARIANT<TAB>OVERRIDES": the --set pairs (quoted
+# for eval) that turn the model's recipe into the variant. A variant is NORM[+TRANSFORM...]: each
+# +TRANSFORM appends that registered transform, with its defaults, to the list the recipe's augmentation
+# keys give (after the profile and the --set overrides), written out as augment.transforms with those
+# keys back at their defaults, as a listed recipe must have them. An unknown norm or transform, a
+# repeated variant, or a list the task cannot take is one line naming it (exit 2), before any stage.
+variant_sets() {
+  "$py" - "$script" "$task" "$profile" "$models" "$variants" "${overrides[@]}" <<'PY'
+import json
+import shlex
+import sys
+
+from asc.errors import AscError
+from asc.eval.compare import variant_of_recipe
+from asc.norm_kinds import NORM_KINDS
+from asc.tasks import task_of
+from asc.train.augment import FLAT_KEYS, TRANSFORMS, transforms_for
+from asc.train.recipe import SCHEMA, load_recipe
+
+script, task, profile, models, variants, *args = sys.argv[1:]
+overrides = [a for a in args if a != "--set"]  # the script's "--set KEY=VALUE" pairs
+
+
+def fail(message: str) -> None:
+    sys.exit(f"{script}.sh: --variants {message}")
+
+
+names = variants.split()
+for variant in names:
+    norm, *extra = variant.split("+")
+    if names.count(variant) > 1:
+        fail(f"{variant}: given twice; name each variant once")
+    if norm not in NORM_KINDS:
+        fail(f"{variant}: unknown norm {norm!r} (a variant is NORM[+TRANSFORM...], e.g. bn+freq_mixstyle; "
+             f"norms: {', '.join(NORM_KINDS)})")
+    for name in extra:
+        if name not in TRANSFORMS:
+            fail(f"{variant}: unknown transform {name!r} (transforms: {', '.join(TRANSFORMS)})")
+        required = [k for k, f in TRANSFORMS[name].params.items() if f.required]
+        if required:
+            fail(f"{variant}: {name} has no default {', '.join(required)}, so a variant cannot add it; "
+                 "set it in the recipe with --set augment.transforms=[...]")
+defaults = {key: SCHEMA["augment"][key].default for key in FLAT_KEYS}
+for model in models.split():
+    try:
+        recipe = load_recipe(f"recipes/{task}/{model}.yaml", profile=profile, overrides=overrides)
+        kind = task_of(recipe).kind
+        base = transforms_for(recipe["augment"], kind)
+    except AscError as exc:
+        sys.exit(f"{script}.sh: {exc}")
+    for variant in names:
+        norm, *extra = variant.split("+")
+        for name in extra:
+            if kind not in TRANSFORMS[name].kinds:
+                fail(f"{variant}: {name} applies to {' and '.join(TRANSFORMS[name].kinds)} inputs; "
+                     f"{task}'s are {kind}")
+        if not extra:  # a plain norm trains exactly as --norms would (and reuses such runs)
+            print(f"{model}\t{variant}\t")
+            continue
+        augment = {**recipe["augment"], **defaults, "transforms": [*base, *({"name": n} for n in extra)]}
+        try:
+            listed = transforms_for(augment, kind, source=f"{variant} ({model})")
+        except AscError as exc:
+            fail(str(exc))
+        # the comparison reads the variant back from the run's recipe: it must read back as given
+        back = variant_of_recipe({"norm": norm, "augment": {"transforms": listed}})
+        if back != variant:
+            fail(f"{variant} ({model}): its list {[t['name'] for t in listed]} reads back as {back}, since the "
+                 "recipe's augmentation keys could write it; set those keys with --set instead")
+        sets = [f"augment.transforms={json.dumps(listed)}",
+                *(f"augment.{k}={json.dumps(v)}" for k, v in defaults.items() if recipe["augment"].get(k) != v)]
+        print(model, variant, " ".join(shlex.quote(w) for s in sets for w in ("--set", s)), sep="\t")
+PY
 }
 
 # run_jobs NAME: run the commands queued in job_dirs/job_cmds, up to $jobs at a time. With one job the
@@ -180,11 +264,14 @@ _reap() {
 train_all() {
   local i model norm seed dir cmd done_runs=() extend=""
   for i in "${!run_dirs[@]}"; do  # a finished run is skipped only if it was trained as asked now
-    [ -f "${run_dirs[$i]}/COMPLETED" ] && done_runs+=("${run_dirs[$i]} ${run_specs[$i]}")
+    read -r model norm seed <<<"${run_specs[$i]}"
+    [ -f "${run_dirs[$i]}/COMPLETED" ] &&
+      done_runs+=("${run_dirs[$i]}"$'\t'"$model"$'\t'"$norm"$'\t'"$seed"$'\t'"${run_sets[$i]:-}")
   done
   if [ ${#done_runs[@]} -gt 0 ]; then
     extend=$("$py" - "$task" "$profile" "$(printf '%s\n' "${done_runs[@]}")" "$@" "${overrides[@]}" <<'PY'
 
+import shlex
 import sys
 from asc.errors import AscError
 from asc.train.recipe import resume_recipe
@@ -192,10 +279,11 @@ from asc.train.recipe import resume_recipe
 task, profile, runs, *args = sys.argv[1:]
 overrides = [a for a in args if a != "--set"]
 for line in runs.splitlines():
-    run_dir, model, norm, seed = line.rsplit(" ", 3)
+    run_dir, model, norm, seed, sets = line.split("\t")
+    extra = [a for a in shlex.split(sets) if a != "--set"]  # a variant's own overrides, applied last
     try:  # the data (its cache), the features and every option must be the run's own
-        recipe = resume_recipe(run_dir, f"recipes/{task}/{model}.yaml", profile=profile, overrides=overrides,
-                               norm=norm, seed=int(seed))
+        recipe = resume_recipe(run_dir, f"recipes/{task}/{model}.yaml", profile=profile,
+                               overrides=[*overrides, *extra], norm=norm, seed=int(seed))
     except AscError as exc:
         sys.exit(f"{exc} (the run in {run_dir} is finished: give another --exp to train anew)")
     import json
@@ -214,8 +302,10 @@ PY
       log "  $dir: complete, skipped"
       continue
     fi
+    local extra=()
+    eval "extra=(${run_sets[$i]:-})"  # a variant's overrides (quoted by variant_sets), after the user's
     local args=(train --out "$dir" --device "$device" --recipe "recipes/$task/$model.yaml" --profile "$profile"
-                --norm "$norm" --seed "$seed" "$@" "${overrides[@]}")
+                --norm "$norm" --seed "$seed" "$@" "${overrides[@]}" "${extra[@]}")
     [ -d "$dir" ] && args+=(--resume)
     if [ "$gpus" -gt 1 ]; then
       cmd=$(printf '%q ' "$py" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m asc "${args[@]}")

@@ -83,6 +83,53 @@ def _quick(tmp_path, *args: str) -> subprocess.CompletedProcess:
                  "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", *args])
 
 
+def test_run_dcase_trains_and_compares_variants(tmp_path):
+    """--variants: a plain norm and a norm with freq_mixstyle appended to the recipe's own augmentation go
+    through every stage; the run folders, recipes and comparison name the variant, paired with the first;
+    a re-run skips both; a bad variant or --norms beside --variants stops before any stage."""
+    import yaml
+
+    from asc.data.synth import synthesize
+
+    synthesize(tmp_path / "data", preset="tiny", seed=0, duration=2.0, workers=1)
+    features = yaml.safe_load((ROOT / "features" / "logmel128_deltas.yaml").read_text())
+    features.update(n_mels=32, duration=2.0)
+    (tmp_path / "mel32.yaml").write_text(yaml.safe_dump(features))
+    args = ["--synth", str(tmp_path / "data"), "--features", str(tmp_path / "mel32.yaml"),
+            "--variants", "bn l2bn+freq_mixstyle"]
+    res = _quick(tmp_path, *args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for stage in range(5):
+        assert f"stage {stage}:" in res.stdout
+    assert "variants [bn l2bn+freq_mixstyle]" in res.stdout and "against bn" in res.stdout
+    exp = tmp_path / "exp"
+    runs = sorted(p.name for p in exp.iterdir() if p.name not in ("compare", "logs"))
+    assert runs == ["fcnn_quick_bn_seed0", "fcnn_quick_l2bn+freq_mixstyle_seed0"]
+    plain = yaml.safe_load((exp / runs[0] / "recipe.yaml").read_text())["augment"]
+    listed = yaml.safe_load((exp / runs[1] / "recipe.yaml").read_text())
+    assert plain.get("transforms") is None and listed["norm"] == "l2bn"
+    names = [t["name"] for t in listed["augment"]["transforms"]]
+    assert names == ["specaugment", "crop", "mixup", "freq_mixstyle"]  # the recipe's list, then the added one
+    assert listed["augment"]["transforms"][-1] == {"name": "freq_mixstyle", "p": 0.4, "alpha": 0.3}
+    assert listed["augment"]["transforms"][1] == {"name": "crop", "frames": 200}  # the quick profile's crop
+    compare = json.loads((exp / "compare" / "compare.json").read_text())
+    assert [g["variant"] for g in compare["groups"]] == ["bn", "l2bn+freq_mixstyle"]
+    diff = compare["differences"][0]
+    assert (diff["variant"], diff["baseline"], diff["paired"]["n"]) == ("l2bn+freq_mixstyle", "bn", 1)
+    assert compare["unseen_group"] == "unseen" and "gap seen − unseen (points)" in res.stdout
+    assert "| fcnn | l2bn+freq_mixstyle |" in res.stdout
+
+    again = _quick(tmp_path, *args, "--stage", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("complete, skipped") == 2 and again.stdout.count("report up to date") == 2
+
+    for bad, message in ((["--variants", "bn bn+freq_mix"], "--variants bn+freq_mix: unknown transform"),
+                         (["--variants", "bn+freq_mixstyle", "--norms", "bn"], "--variants and --norms")):
+        res = _quick(tmp_path, "--synth", str(tmp_path / "none"), *bad)
+        assert res.returncode == 2 and message in res.stderr, (bad, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
+
+
 def test_run_dcase_on_a_synthetic_tau2022_set_of_one_second_clips(tmp_path):
     """--dataset tau2022: the shipped features take the data's 1-s length, crops scale to 36 frames, and
     every stage runs; the reports name TAU 2022 and its devices."""
