@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from asc.cli import main
 
@@ -25,6 +26,8 @@ def _bn_copy(run, dest):
                          norm="bn", **spec["params"])
     save_checkpoint({**{k: v for k, v in ckpt.items() if k != "format"}, "model_spec": spec,
                      "model": model.state_dict()}, dest / "checkpoints" / "best.pt")
+    recipe = yaml.safe_load((dest / "recipe.yaml").read_text())  # a BN run says so in its recipe too
+    (dest / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "norm": "bn"}))
     return dest
 
 

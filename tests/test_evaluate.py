@@ -42,7 +42,7 @@ def test_evaluate_writes_a_report_that_matches_the_model(tiny_run, capsys):
     printed = capsys.readouterr()
     assert printed.out.startswith("Synthetic data:")
     assert "fcnn / l2bn / seed 7, checkpoint best (epoch 2), split evaluate: 40 clips" in printed.out
-    assert "metrics.jsonl:3: skipped a malformed line" in printed.err
+    assert "metrics.jsonl:3: dropped a malformed line" in printed.err
 
     out = run / "report"
     report = json.loads((out / "report.json").read_text())

@@ -117,9 +117,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     if holder:
         raise AscError(f"{run_dir}: {holder} is still training this run; evaluate it when it has finished "
                        "(or stop it and evaluate its last checkpoint)")
-    if not folder.is_complete:
-        print(f"warning: {run_dir}: the run has not finished (no COMPLETED); scoring its {checkpoint} "
-              "checkpoint as it is", file=sys.stderr)
     trained = load_run(run_dir, checkpoint, device)
     device, recipe, spec = trained.device, trained.recipe, trained.spec
     recipe_path = run_dir / "recipe.yaml"
@@ -182,6 +179,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         "epochs": (recipe.get("train") or {}).get("epochs"),
         "angle_clips": (recipe.get("train") or {}).get("angle_clips"),
         "precision": training_precision(run_dir, recipe),
+        "finished": folder.is_complete,  # an interrupted run is scored as it is, and says so
     }
     described = data.description
     name = described.display_name
@@ -242,6 +240,9 @@ def summary_lines(result: EvalResult) -> list[str]:
     lines = []
     if r.get("synthetic"):
         lines.append(r["notice"])
+    if run.get("finished") is False:
+        lines.append(f"note: the run stopped before its last epoch ({run.get('epoch')} of "
+                     f"{run.get('epochs')}); this scores its checkpoint as it is")
     lines.append(f"{run.get('model')} / {run.get('norm')} / seed {run.get('seed')}, checkpoint "
                  f"{run.get('checkpoint')} (epoch {run.get('epoch')}), split {ds.get('split')}: "
                  f"{r['n_clips']} clips")

@@ -249,6 +249,9 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
                                                            "angle_clips")
                           if run.get(key) is not None)
         lines.append(f"- Run: {shown}" + (f" (`{run['dir']}`)" if run.get("dir") else ""))
+        if run.get("finished") is False:
+            lines.append("- **Unfinished run**: it stopped before its last epoch; these are the scores of "
+                         "its checkpoint as it is")
     size = report.get("model") or {}
     if size.get("params"):
         shape = " × ".join(str(v) for v in size.get("input_shape") or [])

@@ -20,6 +20,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _fail(path: Path | str, key: str, what: str, value: Any) -> DataError:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -56,13 +60,14 @@ def check_record(path: Path | str, row: Any, where: str) -> dict:
             if value is not None and not isinstance(value, Mapping):
                 raise _fail(path, f"{where}.angles", "not an object", value)
             for a, v in (value or {}).items():
-                if v is not None and not _number(v):
+                if v is not None and not _numeric(v):  # NaN is a value a diverging run may have
                     raise _fail(path, f"{where}.angles.{a}", "not a number", v)
-        elif name in FRACTIONS + ("val_acc", "train_acc") and value is not None and \
-                (not _number(value) or not 0 <= value <= 1):
-            raise _fail(path, f"{where}.{name}", "not a fraction in [0, 1] (a percentage?)", value)
-        elif name != "epoch" and value is not None and not _number(value) and not isinstance(value, str):
+        elif value is None or name == "epoch":
+            continue
+        elif not _numeric(value):
             raise _fail(path, f"{where}.{name}", "not a number", value)
+        elif name in FRACTIONS + ("val_acc", "train_acc") and math.isfinite(value) and not 0 <= value <= 1:
+            raise _fail(path, f"{where}.{name}", "not a fraction in [0, 1] (a percentage?)", value)
     return dict(row)
 
 

@@ -140,29 +140,34 @@ def _repair_command(args: argparse.Namespace) -> str:
 
 
 def lock_cache(cache_dir):
-    """One `asc extract` writes a cache folder at a time (an advisory lock the system drops when the
-    process ends): a second is refused in one line instead of failing on files the first moves."""
+    """One `asc extract` writes a cache folder at a time: an advisory lock on the folder itself (the
+    system drops it when the process ends, and it adds no file), so a second is refused in one line
+    instead of failing on temp files the first one clears. Returns an object whose close() releases it."""
     import fcntl
     import os
-    from pathlib import Path
 
     from asc.errors import AscError
 
-    path = Path(cache_dir).parent / f".{Path(cache_dir).name}.extract.lock"  # beside the data, not in it
-    fh = open(path, "a+")  # noqa: SIM115 (kept open: the lock lives as long as the file object)
+    fd = os.open(cache_dir, os.O_RDONLY)
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.seek(0)
-        who = fh.read().strip() or "another process"
-        fh.close()
-        raise AscError(f"{cache_dir}: another asc extract ({who}) is writing this cache; wait for it to "
-                       "finish, then re-run (finished shards are kept)") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"process {os.getpid()}")
-    fh.flush()
-    return fh
+        os.close(fd)
+        raise AscError(f"{cache_dir}: another asc extract is writing this cache; wait for it to finish, then "
+                       "re-run (finished shards are kept)") from None
+    return _FolderLock(fd)
+
+
+class _FolderLock:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        import os
+
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = -1
 
 
 def _verify_only(cache_dir: object) -> int:
