@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from bench_extract import best_time  # scripts/ is on the path when a script runs
 
-from asc.features.logmel import load_feature_config
+from asc.features.logmel import bind_duration, load_feature_config
 from asc.models import create_model
 from asc.predict import Predictor
 
@@ -54,8 +54,8 @@ def main() -> None:
         model = create_model("fcnn", norm="l2bn", width_mult=0.125, norm_momentum=0.1)
         from asc.data.tau2020 import SCENES
 
-        predictor = Predictor(model, load_feature_config(ROOT / "features/logmel128_deltas.yaml"), SCENES,
-                              batch_size=args.batch_size)
+        cfg = bind_duration(load_feature_config(ROOT / "features/logmel128_deltas.yaml"), 10.0)  # 10-s files
+        predictor = Predictor(model, cfg, SCENES, batch_size=args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_files(Path(tmp), args.files)
         waves = [predictor.load(p) for p in paths]
