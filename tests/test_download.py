@@ -530,3 +530,43 @@ def test_part_file_longer_than_the_archive_is_fetched_again(tmp_path):
     with FakeZenodo({"a.zip": DATA}) as server:
         assert _fetch_data(tmp_path, server.url + "a.zip").read_bytes() == DATA
         assert [r for _, r in server.requests] == [None]
+
+
+def test_tau2022_sets_download_through_the_cli_and_read_as_tau2022(tmp_path, monkeypatch, capsys):
+    """The TAU 2022 Mobile record's archive table (from dcase_util, the development md5 sums also in
+    soundata) and its layout, fetched from a local server through `asc data download --dataset tau2022`."""
+    from asc.data.download import TAU2022_DEV_PACKAGES, TAU2022_DEV_ROOT, TAU2022_EVAL_PACKAGES
+
+    dev = DATASETS["tau2022-dev"]
+    assert (dev.record, dev.root) == (6337421, TAU2022_DEV_ROOT)
+    assert DATASETS["tau2022-eval"].record == 6591203
+    table = {p.filename.removeprefix(TAU2022_DEV_ROOT + "."): p for p in TAU2022_DEV_PACKAGES}
+    assert list(table) == ["doc.zip", "meta.zip"] + [f"audio.{i}.zip" for i in range(1, 17)]
+    assert table["audio.1.zip"].md5 == "8be14bdbd844481dce059ab31fbd2239"
+    assert table["meta.zip"].md5 == "419b6ff6570f1030730352dc80cd8d15"
+    assert len(TAU2022_EVAL_PACKAGES) == 10
+    assert all(len(p.md5) == 32 and p.size for p in TAU2022_EVAL_PACKAGES)
+    assert len({p.md5 for p in TAU2022_DEV_PACKAGES + TAU2022_EVAL_PACKAGES}) == 28
+
+    name = "audio/bus-paris-5-100-3-a.wav"
+    files = {
+        f"{TAU2022_DEV_ROOT}.meta.zip": _zip({
+            f"{TAU2022_DEV_ROOT}/meta.csv": f"filename\tscene_label\tidentifier\tsource_label\n"
+                                             f"{name}\tbus\tparis-5\ta\n".encode(),
+            f"{TAU2022_DEV_ROOT}/evaluation_setup/fold1_train.csv":
+                f"filename\tscene_label\n{name}\tbus\n".encode(),
+        }),
+        f"{TAU2022_DEV_ROOT}.audio.1.zip": _zip({f"{TAU2022_DEV_ROOT}/{name}": bytes(range(256)) * 40}),
+    }
+    packages = tuple(_pkg(n, d) for n, d in files.items())
+    monkeypatch.setitem(DATASETS, "tau2022-dev", dataclasses.replace(dev, packages=packages))
+    out = tmp_path / "tau2022"
+    with FakeZenodo(files) as server:
+        argv = ["data", "download", "--dataset", "tau2022", "--to", str(out), "--base-url", server.url]
+        assert _cli(argv) == 0
+    assert f"{out}: 1 clips" in capsys.readouterr().out
+    from asc.data.readers import detect_reader, load_dataset
+
+    data = load_dataset(out)
+    assert detect_reader(out) == "tau2022" and data.description.duration == 1.0
+    assert [(c.scene, c.device, c.segment) for c in data.split("train")] == [("bus", "a", "100-3")]
