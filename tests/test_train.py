@@ -353,3 +353,14 @@ def test_torn_metrics_lines_are_dropped_with_a_notice(tmp_path, capsys):
     assert [r["epoch"] for r in folder.read_metrics()] == [1, 2]
     err = capsys.readouterr().err
     assert "metrics.jsonl:3: dropped a malformed line" in err and "metrics.jsonl:4: dropped" in err
+
+
+def test_a_crop_the_models_pooling_cannot_take_is_refused_naming_the_setting(tiny, capsys):
+    from asc.cli import main
+
+    out = tiny["base"] / "run_tiny_crop"
+    assert main(["train", "--recipe", str(tiny["recipe"]), "--out", str(out), "--device", "cpu",
+                 "--set", "augment.crop_frames=6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fcnn cannot take inputs of 6 frames" in err and "raise augment.crop_frames" in err
+    assert len(err.splitlines()) == 1 and not (out / "checkpoints" / "last.pt").exists()

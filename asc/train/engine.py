@@ -273,6 +273,7 @@ class Trainer:
 
             spec["feature_hash"] = feature_hash(task.feature_config)
         model = self._wrap(build_model(spec))
+        self._check_input_fits(model, task)
         optimizer = make_optimizer(model, tr)
         start_epoch, best = 0, {"val_acc": -1.0, "epoch": 0}
         last_path = self.folder.checkpoint("last")
@@ -337,6 +338,26 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return summary
+
+    def _check_input_fits(self, model: nn.Module, task: tdata.TaskData) -> None:
+        """A model whose pooling would exhaust the training input (a crop of a 1-s clip) is refused before
+        training, naming the setting, instead of failing deep inside the first step."""
+        shape = getattr(task.train, "shape", None)
+        if task.kind != "spectrogram" or not shape:
+            return
+        c, f, t = (int(v) for v in shape)
+        crop = (task.augment or {}).get("crop_frames") or t
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(2, c, f, min(crop, t), device=self.ctx.device))
+        except RuntimeError as exc:
+            first = (str(exc).strip().splitlines() or ["error"])[0][:160]
+            setting = "augment.crop_frames" if crop < t else "the clip length (features duration)"
+            raise AscError(f"{self.recipe['model']['name']} cannot take inputs of {min(crop, t)} frames "
+                           f"({first}); raise {setting}, or choose a model with less pooling") from None
+        finally:
+            model.train()
 
     def _train_epoch(self, model: nn.Module, optimizer, task: tdata.TaskData, epoch: int, steps: int) -> dict:
         recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
