@@ -162,3 +162,22 @@ def test_outputs_onto_a_fifo_or_a_folder_are_refused(tmp_path):
     atomic_write_text(tmp_path / "ok.txt", "fine")
     assert (tmp_path / "ok.txt").read_text() == "fine"
 
+
+
+def test_a_report_names_the_data_the_run_trained_on_when_scored_on_other_data(tiny_run, tmp_path):
+    """Scored on data other than its own, a run's report says what it trained on; synthetic training
+    data keeps the synthetic banner wherever the model is scored."""
+    from asc.data.description import DatasetDescription
+    from asc.eval.evaluate import evaluate_run
+
+    run = _copy_run(tiny_run, tmp_path)
+    from asc.data.tau2020 import SCENES
+
+    trained = DatasetDescription(name="tau2020", title="TAU Urban Acoustic Scenes 2020 Mobile",
+                                 classes=SCENES, synthetic=True, root="/elsewhere/synthetic-set")
+    (run / "dataset.json").write_text(json.dumps(trained.to_dict()))
+    report = evaluate_run(run, device="cpu", angles=False).report
+    assert report["dataset"]["trained_on"]["root"] == "/elsewhere/synthetic-set"
+    assert report["synthetic"] is True
+    page = (run / "report" / "report.md").read_text()
+    assert page.startswith("> **Synthetic data") and "**Trained on another dataset**: synthetic TAU" in page
