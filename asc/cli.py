@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "asc.train.cli",
     "asc.eval.cli",
     "asc.predict",
+    "asc.export.cli",
 )
 
 

@@ -150,6 +150,25 @@ class Predictor:
         return cls(trained.model, features, runs.class_names(trained),
                    device=trained.device, **kw)
 
+    @classmethod
+    def from_export(cls, export_dir: str | os.PathLike, device: str = "cpu", **kw: Any) -> Predictor:
+        """An `asc export` folder (ONNX through onnxruntime, or TorchScript) with the features it records,
+        scored through the same windows and inference function as a run. Its SHA256SUMS is checked first,
+        and a model that does not take audio features is refused; the graph takes windows of the export's
+        clip length only, so another --window is refused."""
+        from asc.errors import ConfigError
+        from asc.export.read import load_export
+        from asc.features.logmel import feature_shape
+
+        loaded = load_export(export_dir, device)
+        predictor = cls(loaded.model, loaded.features, loaded.classes, device=loaded.device, **kw)
+        shape = tuple(feature_shape({**loaded.features, "duration": predictor.window}))
+        if shape != loaded.input_shape:
+            raise ConfigError(f"--window {predictor.window:g}: the model of {export_dir} takes windows of "
+                              f"{float(loaded.features['duration']):g} s only (input "
+                              f"{' x '.join(map(str, loaded.input_shape))}); leave --window out")
+        return predictor
+
     # ------------------------------------------------------------------ windows
     def _starts(self, n: int) -> tuple[list[int], bool]:
         """(start samples of the windows, padded) of a waveform of `n` samples at the model's rate."""
@@ -395,6 +414,7 @@ EXAMPLES = """examples:
   asc predict RUN @files.txt --skip-bad                                          # paths listed one per line
   asc predict RUN long_walk.flac --window 10 --hop 5 --json windows.json         # overlapping windows
   asc predict RUN data/tau/audio --names as-given             # full paths instead of audio/<file>.wav
+  asc predict exports/fcnn_l2bn street.wav      # an `asc export` folder: checksums checked, onnxruntime
 """
 
 
@@ -414,7 +434,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--skip-bad; a silent (all-constant) file is scored with a warning. Windows: from the\n"
             "deltas' minimum to 600 s; hop: from one feature frame to 4 h; batch size: 1 to 1024."),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="run folder written by `asc train`")
+    p.add_argument("run", metavar="RUN", help="run folder written by `asc train`, or an export folder "
+                                             "written by `asc export` (ONNX runs through onnxruntime)")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="audio files, folders (searched recursively) or @list.txt (one path per line)")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
@@ -424,7 +445,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="window length in seconds (default: the run's clip length, 10 s)")
     p.add_argument("--hop", type=float, default=None, metavar="S",
                    help="seconds between windows (default: --window)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="of a run folder")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=32, metavar="N",
                    help="windows per forward pass (default: 32)")
@@ -513,8 +534,13 @@ def run(args: argparse.Namespace) -> int:
     hop = None if args.hop is None else _seconds(args.hop, "--hop")
     paths = expand_paths(args.paths)
     check_outputs([args.out, args.json], paths, args.run)
-    predictor = Predictor.from_run(args.run, device=args.device, checkpoint=args.checkpoint,
-                                   window=window, hop=hop, batch_size=args.batch_size, names=args.names)
+    from asc.export import is_export
+
+    options = dict(window=window, hop=hop, batch_size=args.batch_size, names=args.names)
+    if is_export(args.run):  # an `asc export` folder: its checksums are checked, --checkpoint is moot
+        predictor = Predictor.from_export(args.run, device=args.device, **options)
+    else:
+        predictor = Predictor.from_run(args.run, device=args.device, checkpoint=args.checkpoint, **options)
     if args.top_k > len(predictor.class_names):
         raise ConfigError(f"--top-k {args.top_k}: the run has only {len(predictor.class_names)} classes")
     results, bad = predictor.predict_many(paths, skip_bad=args.skip_bad)

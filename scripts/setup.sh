@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-probe='import os, sys, asc, torch, torchaudio, librosa, soundfile, yaml, tqdm, matplotlib, tensorboard, xdist, importlinter
+probe='import os, sys, asc, torch, torchaudio, librosa, soundfile, yaml, tqdm, matplotlib, tensorboard, xdist, importlinter, onnxruntime, onnx, onnxscript
 sys.exit(0 if os.path.realpath(os.path.dirname(asc.__file__)) == os.path.realpath(sys.argv[1]) else 1)'
 
 # A Python that passed the probe is remembered with the hash of pyproject.toml (.setup-ok), so the
