@@ -164,12 +164,12 @@ def test_keras_momentum_follows_the_hand_computed_sequence_across_a_restart():
         for group in opt.param_groups:
             group["lr"] = lr
         p.grad = torch.ones_like(p)
-        before = float(p)
+        before = float(p.detach())
         opt.step()
         v = 0.9 * v - lr * 1.0
         expected += v
-        steps.append(float(p) - before)
-        assert float(p) == pytest.approx(expected, abs=1e-15)
+        steps.append(float(p.detach()) - before)
+        assert float(p.detach()) == pytest.approx(expected, abs=1e-15)
     assert steps[-1] == pytest.approx(-(0.1 + 0.9 * (0.9 * (0.9 * 0.1 + 0.05) + 1e-5)), abs=1e-15)
     q = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     ref = torch.optim.SGD([q], lr=0.1, momentum=0.9)
@@ -177,9 +177,9 @@ def test_keras_momentum_follows_the_hand_computed_sequence_across_a_restart():
         for group in ref.param_groups:
             group["lr"] = lr
         q.grad = torch.ones_like(q)
-        before = float(q)
+        before = float(q.detach())
         ref.step()
-    assert float(q) - before == pytest.approx(-0.1 * (1 + 0.9 + 0.81 + 0.729))  # torch: 0.34, Keras 0.21
+    assert float(q.detach()) - before == pytest.approx(-0.1 * (1 + 0.9 + 0.81 + 0.729))  # torch: 0.34, Keras 0.21
     for name in ("resnet17", "fcnn", "fsfcnn"):  # the paper profiles train as the Keras originals did
         assert load_recipe(ROOT / "recipes/dcase2020" / f"{name}.yaml")["train"]["momentum_style"] == "keras"
 
