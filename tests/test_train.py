@@ -364,3 +364,14 @@ def test_a_crop_the_models_pooling_cannot_take_is_refused_naming_the_setting(tin
     err = capsys.readouterr().err.strip()
     assert "fcnn cannot take inputs of 6 frames" in err and "raise augment.crop_frames" in err
     assert len(err.splitlines()) == 1 and not (out / "checkpoints" / "last.pt").exists()
+
+
+def test_a_frequency_mask_wider_than_the_mel_bins_is_refused(tiny, capsys):
+    from asc.cli import main
+
+    out = tiny["base"] / "run_wide_mask"
+    assert main(["train", "--recipe", str(tiny["recipe"]), "--out", str(out), "--device", "cpu",
+                 "--set", "augment.freq_mask_width=1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "augment.freq_mask_width 1000 is more than the features' 32 mel bins" in err
+    assert len(err.splitlines()) == 1

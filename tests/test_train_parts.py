@@ -179,7 +179,7 @@ def test_keras_momentum_follows_the_hand_computed_sequence_across_a_restart():
         q.grad = torch.ones_like(q)
         before = float(q.detach())
         ref.step()
-    assert float(q.detach()) - before == pytest.approx(-0.1 * (1 + 0.9 + 0.81 + 0.729))  # torch: 0.34, Keras 0.21
+    assert float(q.detach()) - before == pytest.approx(-0.1 * (1 + 0.9 + 0.81 + 0.729))  # torch 0.34
     for name in ("resnet17", "fcnn", "fsfcnn"):  # the paper profiles train as the Keras originals did
         assert load_recipe(ROOT / "recipes/dcase2020" / f"{name}.yaml")["train"]["momentum_style"] == "keras"
 

@@ -55,6 +55,18 @@ def clip_augment(aug: dict, frames: int | None, log: Callable[[str], None] | Non
     return out
 
 
+def _check_mel_widths(aug: dict, bins: int) -> None:
+    """A frequency mask wider than the mel bins masks nothing sensible: refused, naming the key."""
+    if aug.get("transforms") is not None:
+        widths = [(f"augment.transforms.{i}.freq_mask_width", t.get("freq_mask_width"))
+                  for i, t in enumerate(aug["transforms"]) if t.get("freq_masks")]
+    else:
+        widths = [("augment.freq_mask_width", aug.get("freq_mask_width"))] if aug.get("freq_masks") else []
+    for key, width in widths:
+        if width is not None and width > bins:
+            raise AscError(f"{key} {width} is more than the features' {bins} mel bins; lower it")
+
+
 def subsets_for(task: TaskData, recipe: dict, log: Callable[[str], None] | None = None) -> TaskData:
     """Fill task.val and task.angle_train from the recipe's train.val_clips / train.angle_clips, and
     task.augment with the augment section fitted to the clip length."""
@@ -62,6 +74,8 @@ def subsets_for(task: TaskData, recipe: dict, log: Callable[[str], None] | None 
     shape = getattr(task.train, "shape", None)
     frames = int(shape[-1]) if task.kind == "spectrogram" and shape else None
     task.augment = clip_augment(recipe["augment"], frames, log)
+    if frames is not None:
+        _check_mel_widths(task.augment, int(shape[-2]))
     labels = _labels(task.eval)
     devices = list(getattr(task.eval, "devices", None) or [None] * len(labels))
     task.val = task.eval if tr["val_clips"] is None else \
