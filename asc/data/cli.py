@@ -63,6 +63,12 @@ def _synth(args: argparse.Namespace) -> int:
 
     result = synthesize(args.out, preset=args.preset, seed=args.seed, duration=args.duration,
                         workers=args.workers, force=args.force, layout=args.layout)
+    if args.write_irs:
+        from asc.data.synth import write_device_irs
+
+        irs = write_device_irs(args.write_irs)
+        names = ", ".join(path.stem for path in irs)
+        print(f"wrote {len(irs)} device impulse responses ({names}) to {args.write_irs}")
     if result.written == 0 and result.files:
         print(f"{result.root}: synthetic set already complete ({result.files} clips, preset {args.preset}, "
               f"seed {args.seed})")
@@ -136,6 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace a synthetic set built with other settings")
     p.add_argument("--layout", choices=("tau2020", "tau2022", "folder"), default="tau2020",
                    help="folder layout (default tau2020)")
+    p.add_argument("--write-irs", metavar="DIR", default=None,
+                   help="also write the linear responses of devices b, c, s1-s3 as WAV impulse responses "
+                        "into DIR (for `asc data augment --transforms dir --ir-folder DIR`)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(
@@ -174,6 +183,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="which audio files to check (default sample)")
     p.add_argument("--sample", type=_positive_int, default=200, help="files checked with --audio sample")
     p.set_defaults(func=_check)
+
+    from asc.data.devicesim_cli import register as register_augment
+
+    register_augment(sub)
 
     p = sub.add_parser(
         "synth-cifar", help="write a synthetic CIFAR-100 in the original format", formatter_class=fmt,

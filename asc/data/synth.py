@@ -846,6 +846,49 @@ def render_device(seed: int, rec: Recording, device: str, source: np.ndarray, n:
     return np.clip(y, -1.0, 1.0 - 2.0**-23).astype(np.float32)
 
 
+IR_TAPS = 4095  # 93 ms at 44.1 kHz: an odd length, so the response is centred on a sample
+
+
+def device_impulse_response(device: str, taps: int = IR_TAPS) -> np.ndarray:
+    """The linear part of `device`'s capture chain (band limits, resonances, tilt, gain) as a
+    linear-phase FIR of `taps` samples at SR, peak in the middle.
+
+    `render_device` applies this response with zero phase; AGC, compression, overdrive, the random
+    level and the noise floor are not linear and are left out. The zero-phase kernel is cut to
+    `taps` samples around its centre and tapered with a Hann window.
+    """
+    if device not in DEVICE_MODELS:
+        raise DataError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_MODELS)}")
+    if taps < 3 or taps % 2 == 0:
+        raise ValueError(f"taps must be odd and at least 3, got {taps}")
+    n = 1 << max(16, (4 * taps).bit_length())
+    kernel = sfft.irfft(_device_response(device, n).astype(np.float64), n)
+    half = taps // 2
+    h = np.concatenate([kernel[-half:], kernel[:half + 1]]) * np.hanning(taps + 2)[1:-1]
+    return h.astype(np.float32)
+
+
+def write_device_irs(out: str | os.PathLike, devices: tuple[str, ...] = SEEN_DEVICES,
+                     taps: int = IR_TAPS) -> list[Path]:
+    """Write each device's `device_impulse_response` as OUT/<device>.wav (32-bit float, SR Hz), for
+    `asc data augment --transforms dir --ir-folder OUT`; returns the files."""
+    import soundfile as sf
+
+    from asc.fileio import atomic_write_bytes
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose a folder for the impulse responses")
+    written = []
+    for device in devices:
+        buf = io.BytesIO()
+        sf.write(buf, device_impulse_response(device, taps), SR, subtype="FLOAT", format="WAV")
+        path = out / f"{device}.wav"
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    return written
+
+
 # ============================================================== writing
 
 
