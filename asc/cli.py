@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "asc.data.cli",
     "asc.features.cli",
     "asc.train.cli",
+    "asc.train.teacher_cli",
     "asc.eval.cli",
     "asc.predict",
     "asc.export.cli",

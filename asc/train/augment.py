@@ -119,7 +119,9 @@ class Batch:
     """This process's rows of the global batch, as the transforms see and return it.
 
     `rows` holds each row's index in the global batch of `size` rows; while mixup partners are attached
-    (`partnered`), the second half of `x` holds them, at global rows `size // 2` and on.
+    (`partnered`), the second half of `x` holds them, at global rows `size // 2` and on. `teacher`: the
+    rows' softened teacher distributions when the run distills (`asc.train.distill`); mixup mixes them
+    as it mixes `targets`, and the other transforms leave them be (the teacher saw the whole clip).
     """
 
     x: Tensor
@@ -127,6 +129,7 @@ class Batch:
     rows: Tensor
     size: int
     partnered: bool = False
+    teacher: Tensor | None = None
 
 
 def specaugment(batch: Batch, g: torch.Generator, *, freq_masks: int, freq_mask_width: int, time_masks: int,
@@ -145,7 +148,8 @@ def specaugment(batch: Batch, g: torch.Generator, *, freq_masks: int, freq_mask_
 
 
 def crop(batch: Batch, g: torch.Generator, *, frames: int) -> Batch:
-    """A random window of `frames` time steps per sample (all of a shorter clip)."""
+    """A random window of `frames` time steps per sample (all of a shorter clip). Teacher targets stay
+    the whole clip's, as in the published distillation systems."""
     offsets = random_crop_offsets(batch.size, batch.x.shape[-1], frames, g)
     batch.x = crop_time(batch.x, offsets[batch.rows], frames)
     return batch
@@ -166,16 +170,18 @@ def crop_flip(batch: Batch, g: torch.Generator, *, pad: int) -> Batch:
 
 def mixup(batch: Batch, g: torch.Generator, *, alpha: float) -> Batch:
     """Each sample mixed with its partner (from a second, independently shuffled batch) as
-    λ·x + (1 - λ)·partner, targets alike, λ ~ Beta(alpha, alpha) per sample."""
+    λ·x + (1 - λ)·partner, targets and softened teacher distributions alike, λ ~ Beta(alpha, alpha)
+    per sample."""
     if not batch.partnered:
         raise RuntimeError("mixup needs the partner rows the sampler loads when the list holds a mixup")
     half = batch.x.shape[0] // 2
     primary = batch.rows[:half]
     lam = mixup_weights(batch.size // 2, alpha, g)[primary].to(batch.x.device)
     lx = lam.view(-1, *([1] * (batch.x.dim() - 1)))
-    x, t = batch.x, batch.targets
+    x, t, p = batch.x, batch.targets, batch.teacher
+    teacher = None if p is None else p[:half] * lam[:, None] + p[half:] * (1 - lam[:, None])
     return Batch(x[:half] * lx + x[half:] * (1 - lx), t[:half] * lam[:, None] + t[half:] * (1 - lam[:, None]),
-                 primary, batch.size // 2)
+                 primary, batch.size // 2, teacher=teacher)
 
 
 def freq_mixstyle(batch: Batch, g: torch.Generator, *, p: float, alpha: float) -> Batch:

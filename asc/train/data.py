@@ -133,15 +133,37 @@ class StepSampler(Sampler[list[int]]):
             yield idx
 
 
+class WithTeacher(Dataset):
+    """Training items with their clip's softened teacher distribution: (x, label, teacher). The row goes
+    with the item, so every process gets the teacher rows of its own slice of the global batch."""
+
+    def __init__(self, dataset: Dataset, teacher: Tensor) -> None:
+        n = len(dataset)  # type: ignore[arg-type]
+        if len(teacher) != n:
+            raise AscError(f"{len(teacher)} teacher rows for {n} training clips; write the teacher logits of "
+                           "this training split with `asc teacher`")
+        self.dataset, self.teacher = dataset, teacher
+
+    def __len__(self) -> int:
+        return len(self.teacher)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
+        x, y = self.dataset[i]
+        return x, y, self.teacher[i]
+
+
 def train_loader(task: TaskData, recipe: dict, epoch: int, rank: int, world: int, start_step: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False, teacher: Tensor | None = None) -> DataLoader:
+    """This rank's batches of one epoch; with `teacher` (rows in task.train's order) each item carries
+    its teacher row too."""
     tr = recipe["train"]
     sampler = StepSampler(len(task.train), tr["batch_size"], seed=recipe["seed"], epoch=epoch, rank=rank,
                           world=world, partner=augment.needs_partner(recipe["augment"]),
                           start_step=start_step,
                           max_steps=tr["max_steps_per_epoch"])
     workers = recipe["data"]["num_workers"] if task.kind == "spectrogram" else 0
-    return DataLoader(task.train, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+    dataset = task.train if teacher is None else WithTeacher(task.train, teacher)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False)
 
 
@@ -161,6 +183,16 @@ def prepare_batch(x: Tensor, y: Tensor, *, task: TaskData, recipe: dict, epoch: 
     """Run the recipe's transform list (`augment.transforms_for`) on this rank's slice of a global
     batch: the raw-input transforms, the task's input transform (images: normalized; spectrograms:
     float32), the rest. Returns inputs and soft targets."""
+    x, targets, _ = prepare_batch_teacher(x, y, None, task=task, recipe=recipe, epoch=epoch, step=step,
+                                          rank=rank, world=world)
+    return x, targets
+
+
+def prepare_batch_teacher(x: Tensor, y: Tensor, teacher: Tensor | None, *, task: TaskData, recipe: dict,
+                          epoch: int, step: int, rank: int, world: int
+                          ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`prepare_batch` with the rows' teacher distributions carried along (None: no distillation):
+    mixup mixes them with the labels' λ, the other transforms draw and act as without them."""
     aug = task.augment or recipe["augment"]
     tr = recipe["train"]
     transforms = augment.transforms_for(aug, task.kind)
@@ -170,9 +202,10 @@ def prepare_batch(x: Tensor, y: Tensor, *, task: TaskData, recipe: dict, epoch: 
     sl = slice(rank * local, (rank + 1) * local)
     parts = 2 if any(augment.TRANSFORMS[t["name"]].pairs for t in transforms) else 1
     targets = augment.soft_targets(y.to(x.device), task.num_classes, tr["label_smoothing"])
-    batch = augment.Batch(x, targets, _rows(sl, gb, parts), gb * parts, partnered=parts == 2)
+    batch = augment.Batch(x, targets, _rows(sl, gb, parts), gb * parts, partnered=parts == 2,
+                          teacher=None if teacher is None else teacher.to(x.device).float())
     batch = augment.run_transforms(transforms, batch, g, to_input=task.transform or _as_float)
-    return batch.x, batch.targets
+    return batch.x, batch.targets, batch.teacher
 
 
 def _as_float(x: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ from asc.models.dropout import global_batch_rows
 from asc.progress import progress
 from asc.runs import DATASET_FILE, FEATURES_FILE, RunFolder, build_model, load_checkpoint, save_checkpoint
 from asc.train import data as tdata
+from asc.train import distill
 from asc.train.optim import KerasSGD
 from asc.train.recipe import EXTENDABLE_KEYS, resume_mismatch
 from asc.train.schedule import keras_decay, learning_rate
@@ -259,6 +260,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         task = self._task = tdata.subsets_for(tdata.load_task_data(recipe), recipe,
                                               log=(lambda m: print(m, flush=True)) if ctx.main else None)
+        #: softened teacher distributions of the training clips (train.distill), checked against the cache
+        self._teacher = distill.teacher_targets(recipe, task)
         if ctx.main and task.feature_config is not None:
             # what predictions on new audio must compute, whatever becomes of the cache or the YAML
             atomic_write_text(self.run_dir / FEATURES_FILE, dump_yaml(task.feature_config))
@@ -363,7 +366,8 @@ class Trainer:
         recipe, ctx, tr = self.recipe, self.ctx, self.recipe["train"]
         model.train()
         loader = tdata.train_loader(task, recipe, epoch, ctx.rank, ctx.world,
-                                    pin_memory=ctx.device.type == "cuda")
+                                    pin_memory=ctx.device.type == "cuda", teacher=self._teacher)
+        kd = tr.get("distill")
         local = min(tr["batch_size"], len(task.train)) // ctx.world
         micro = tr["micro_batches"]
         losses = torch.zeros(steps, device=ctx.device)
@@ -377,23 +381,29 @@ class Trainer:
                      warmup_epochs=tr["warmup_epochs"], first_cycle=tr["sgdr_first_cycle"],
                      mult=tr["sgdr_mult"], milestones=tr["milestones"], gamma=tr["gamma"])
         lr = tr["lr"]
-        for step, (x, y) in enumerate(loader):
+        for step, items in enumerate(loader):
+            x, y = items[0], items[1]
+            teacher = items[2] if len(items) > 2 else None
             # Keras SGD(decay=d) scales whatever rate the schedule sets by 1 / (1 + d · iterations)
             lr = keras_decay(learning_rate(epoch + step / steps, **sched), tr["lr_decay"],
                              epoch * steps + step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
-            x, targets = tdata.prepare_batch(x, y, task=task, recipe=recipe, epoch=epoch, step=step,
-                                             rank=ctx.rank, world=ctx.world)
+            x, targets, teacher = tdata.prepare_batch_teacher(x, y, teacher, task=task, recipe=recipe,
+                                                              epoch=epoch, step=step, rank=ctx.rank,
+                                                              world=ctx.world)
             x = x.to(ctx.device, non_blocking=True)
             targets = targets.to(ctx.device, non_blocking=True)
+            if teacher is not None:
+                teacher = teacher.to(ctx.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            chunks = zip(x.chunk(micro), targets.chunk(micro))
+            teacher_chunks = teacher.chunk(micro) if teacher is not None else [None] * micro
+            chunks = zip(x.chunk(micro), targets.chunk(micro), teacher_chunks)
             step_loss = torch.zeros((), device=ctx.device)
             start = 0
-            for i, (xc, tc) in enumerate(chunks):
+            for i, (xc, tc, pc) in enumerate(chunks):
                 # random draws inside the model depend only on (seed, epoch, step, chunk), so a resumed run
                 # draws the same; dropout masks are drawn for the global batch and sliced to this process's
                 # rows, so the same global batch split over processes drops the same units
@@ -407,7 +417,12 @@ class Trainer:
                     with torch.autocast(ctx.device.type, dtype=self.amp_dtype or torch.float32,
                                         enabled=self.amp_dtype is not None):
                         logits = model(xc)
-                    loss = soft_cross_entropy(logits, tc) * (len(xc) / len(x))
+                    if pc is None:
+                        loss = soft_cross_entropy(logits, tc)
+                    else:
+                        loss = distill.distill_loss(logits, tc, pc, weight=kd["lambda"],
+                                                    temperature=kd["temperature"])
+                    loss = loss * (len(xc) / len(x))
                     loss.backward()
                 step_loss += loss.detach()
                 correct += (logits.argmax(1) == tc.argmax(1)).sum()

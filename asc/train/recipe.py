@@ -101,6 +101,9 @@ SCHEMA: dict[str, Any] = {
                              help="class centres and training-data angles from this many training clips, "
                                   "spread evenly over classes (null: all), in training and in reports"),
         "max_steps_per_epoch": Field(int, None, nullable=True, min=1),
+        "distill": Field(dict, None, nullable=True,
+                         help="knowledge distillation: {teacher: DIR written by `asc teacher`, lambda: 0.02, "
+                              "temperature: 2.0} (asc.train.distill); null: none"),
     },
     "augment": {
         "transforms": Field(list, None, nullable=True,
@@ -281,6 +284,12 @@ def resolve(cfg: dict, base: Path, origins: Mapping[tuple, Origin] | None = None
                               "required for task cifar100 (set it with --set data.root=DIR)")
         data["root"] = _resolve_path(cfg["data"]["root"], _path_base(origins, ("data", "root"))[0])
     tr = cfg["train"]
+    if tr.get("distill") is not None:  # checked here, so its teacher path is taken from where it was written
+        from asc.train.distill import check_section
+
+        out["train"]["distill"] = section = check_section(tr["distill"], source, origins)
+        section["teacher"] = _resolve_path(section["teacher"],
+                                           _path_base(origins, ("train", "distill", "teacher"))[0])
     if tr["batch_size"] % tr["micro_batches"]:
         key = ("train", "micro_batches") if find_origin(origins, ("train", "micro_batches"))[0] \
             else ("train", "batch_size")
