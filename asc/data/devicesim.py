@@ -296,8 +296,8 @@ def source_clips(dataset: AudioDataset, device: str = "a") -> list[Clip]:
     train = dataset.split("train")
     where = dataset.description.root or str(dataset.root)
     if not train:
-        raise DataError(f"{where}: the dataset has no training split to augment; give it a train split "
-                        "(a split column, or no splits at all for a stratified one)")
+        raise DataError(f"{where}: the dataset has no training clips, which augmentation starts from; give "
+                        "it a train split (a TAU fold1_train.csv, or a split column of train rows)")
     if not any(c.device for c in dataset.clips):
         return train
     chosen = [c for c in train if c.device == device]
@@ -403,7 +403,7 @@ def augment_dataset(data: str | os.PathLike, out: str | os.PathLike, transforms:
     dataset (`out/list.csv`), with `out/augment.json` recording what made each file."""
     import numpy as np
 
-    from asc.data.audio import load_audio
+    from asc.data.audio import audio_info, load_audio
     from asc.data.readers import load_dataset
     from asc.progress import progress
 
@@ -425,9 +425,8 @@ def augment_dataset(data: str | os.PathLike, out: str | os.PathLike, transforms:
     if clash:
         raise DataError(f"{root / clash[0]}: the dataset uses the name {PurePosixPath(clash[0]).parts[0]!r}, "
                         "which the augmented folder keeps for itself; rename that folder of the dataset")
-    sr = dataset.description.sample_rate or _rate_of(dataset.path(sources[0]))
-    n = int(round(dataset.description.duration * sr)) if dataset.description.duration else \
-        len(load_audio(dataset.path(sources[0]), sr=sr, duration=None))
+    first = audio_info(dataset.path(sources[0]))  # the files' own rate and length, not a nominal one
+    sr, n = first.samplerate, first.frames
     duration = n / sr
 
     def load(clip: Clip) -> np.ndarray:
@@ -492,8 +491,3 @@ def augment_dataset(data: str | os.PathLike, out: str | os.PathLike, transforms:
     atomic_write_text(out / LIST_FILE, _csv_text(rows))  # last: a folder without it is incomplete
     return AugmentResult(out, sum(counts.values()), originals, counts, skipped)
 
-
-def _rate_of(path: Path) -> int:
-    from asc.data.audio import audio_info
-
-    return audio_info(path).samplerate
