@@ -77,6 +77,12 @@ def test_mixup_mixes_teacher_distributions_with_the_labels_lambda_and_crop_keeps
     # the inputs and labels are those of the run without a teacher: no extra draws
     x2, t2 = prepare_batch(x, y, **args)
     assert torch.equal(xo, x2) and torch.equal(targets, t2)
+    # two processes, each with its rows (and its partners') of the global batch: the same teacher targets
+    halves = [prepare_batch_teacher(x[rows], y[rows], p[rows], **{**args, "rank": r, "world": 2})
+              for r, rows in enumerate((torch.tensor([0, 1, 2, 3, 8, 9, 10, 11]),
+                                        torch.tensor([4, 5, 6, 7, 12, 13, 14, 15])))]
+    assert torch.allclose(torch.cat([h[2] for h in halves]), teacher, atol=1e-7)
+    assert torch.equal(torch.cat([h[1] for h in halves]), targets)
     # a crop alone leaves the teacher rows as they were (the teacher saw the whole clip)
     recipe["augment"] = {"transforms": [{"name": "crop", "frames": 30}]}
     _, _, kept = prepare_batch_teacher(x[:gb], y[:gb], p[:gb], **args)
@@ -140,6 +146,7 @@ def test_teacher_file_round_trip(tiny, capsys):
     assert logits.dtype == np.float32 and logits.shape == (len(ds), 10) == tuple(meta["shape"])
     assert meta["ids"] == ds.ids and meta["classes"] == ds.scenes and meta["split"] == "train"
     assert meta["config_hash"] == read_manifest(tiny["cache_dir"])["config_hash"]
+    assert meta["train_accuracy"] == pytest.approx(float((logits.argmax(1) == ds.labels).mean()))
     assert [r["run"] for r in meta["runs"]] == [str(r.resolve()) for r in tiny["teachers"]]
     # the mean of the runs' logits from the one inference function, whole clips, eval mode
     from asc.eval.inference import infer

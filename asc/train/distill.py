@@ -144,13 +144,17 @@ def write_teacher(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
                           "epoch": trained.epoch})
     assert first is not None and total is not None and dataset is not None
     mean = (total / len(runs)).float().numpy().astype(np.float32)
+    labelled = dataset.labels >= 0  # how good a teacher it is, on the clips it will teach
+    accuracy = (float((mean[labelled].argmax(1) == dataset.labels[labelled]).mean()) if labelled.any()
+                else None)
     buffer = io.BytesIO()
     np.save(buffer, mean, allow_pickle=False)
     data = buffer.getvalue()
     manifest = read_manifest(first["cache_dir"])
     meta = {"format": FORMAT, "ids": list(dataset.ids), "classes": first["classes"],
             "cache_dir": first["cache_dir"], "config_hash": manifest["config_hash"], "split": first["split"],
-            "runs": described, "aggregate": "mean of logits", "shape": list(mean.shape),
+            "runs": described, "aggregate": "mean of logits", "train_accuracy": accuracy,
+            "shape": list(mean.shape),
             "dtype": "float32", "sha256": _sha256(data)}
     from asc.fileio import atomic_write_bytes, atomic_write_json
 

@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     meta = write_teacher(args.runs, args.out, checkpoint=args.checkpoint, device=args.device,
                          batch_size=args.batch_size, workers=args.workers)
     n, k = meta["shape"]
-    print(f"wrote {args.out}/{LOGITS_FILE}: mean logits of {len(meta['runs'])} runs for {n} clips x {k} "
-          f"classes of split {meta['split']!r}")
+    runs = len(meta["runs"])
+    acc = meta["train_accuracy"]
+    acc = "" if acc is None else f"; the ensemble's accuracy on them {acc:.4f}"
+    print(f"wrote {args.out}/{LOGITS_FILE}: mean logits of {runs} run{'s' * (runs > 1)} for {n} clips x {k} "
+          f"classes of split {meta['split']!r}{acc}")
     return 0
