@@ -54,6 +54,21 @@ def refuse_special(path: Path) -> None:
         raise AscError(f"{path}: is {kind}, not a file to write; choose another output path")
 
 
+def try_exclusive_lock(path: str | os.PathLike, *, create: bool = False) -> int | None:
+    """A descriptor holding an exclusive advisory lock (flock) on `path` (a file, created when `create`,
+    or a folder), or None when another process holds it. The system drops the lock when the process
+    ends, so a crashed holder never leaves a stale lock, and two processes can never both hold it."""
+    import fcntl
+
+    fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -105,16 +105,14 @@ class RunFolder:
 
     def take_lock(self) -> None:
         """Claim the folder for this process, atomically (flock on a file that is never deleted)."""
-        import fcntl
         import socket
 
-        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        from asc.fileio import try_exclusive_lock
+
+        fd = try_exclusive_lock(self.lock, create=True)
+        if fd is None:
             raise AscError(f"{self.path}: {self.holder() or 'another process'} is training in this folder; "
-                           "wait for it or stop it, or choose another --out") from None
+                           "wait for it or stop it, or choose another --out")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         self._lock_fd = fd

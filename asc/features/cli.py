@@ -143,18 +143,13 @@ def lock_cache(cache_dir):
     """One `asc extract` writes a cache folder at a time: an advisory lock on the folder itself (the
     system drops it when the process ends, and it adds no file), so a second is refused in one line
     instead of failing on temp files the first one clears. Returns an object whose close() releases it."""
-    import fcntl
-    import os
-
     from asc.errors import AscError
+    from asc.fileio import try_exclusive_lock
 
-    fd = os.open(cache_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_exclusive_lock(cache_dir)
+    if fd is None:
         raise AscError(f"{cache_dir}: another asc extract is writing this cache; wait for it to finish, then "
-                       "re-run (finished shards are kept)") from None
+                       "re-run (finished shards are kept)")
     return _FolderLock(fd)
 
 
