@@ -4,9 +4,12 @@ Audio of any rate, channel count, bit depth and length is decoded by the one loa
 resampled exactly as the run's features were computed (the run folder records its feature config),
 cut into windows of the feature duration (10 s for the published features), each scored, and the
 clip's probabilities are the mean of its windows'. A clip shorter than one window is zero-padded to
-it and flagged. Windows are made and scored `batch_size` at a time, and files are decoded a few
-ahead within a byte budget, so memory stays bounded however long or many the files are. The module
-imports only argparse and the standard library at top level, so `asc --help` stays fast.
+it and flagged. Windows are made and scored `batch_size` at a time, so memory stays bounded however
+long or many the files are. Many files are pipelined: a feature process (one torch thread) decodes
+and computes the windows' features while this process runs the model on the previous batch (one
+torch thread), so the two parts overlap instead of taking turns. Both paths cut exactly the same
+batches and run the model on one thread, so their probabilities are equal bit for bit. The module imports only
+argparse and the standard library at top level, so `asc --help` stays fast.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from typing import Any
 #: files decoded ahead of the one being scored: at most this many, and at most _PREFETCH_BYTES of files
 _PREFETCH = 4
 _PREFETCH_BYTES = 256 << 20
+#: pipelined below this many files (and _PIPELINE_MIN_BYTES of them): starting the feature process
+#: (~0.1 s) costs more than the overlap gains
+_PIPELINE_MIN_FILES = 8
+_PIPELINE_MIN_BYTES = 32 << 20
+#: messages (each at most batch_size windows) the feature process may have ready ahead of the model:
+#: enough to keep it busy during a forward pass, few enough that memory stays bounded
+_PIPELINE_AHEAD = 2
 #: the most windows per forward pass (one window's published features are 0.66 MB in float32)
 MAX_BATCH_SIZE = 1024
 #: an array's first axis longer than this is samples, not channels (see predict_waveform)
@@ -73,7 +83,21 @@ class _Pending:
     starts: list[int]
     padded: bool
     prob: Any  # (windows, classes) float64
+    index: int = 0  # in the input order
     done: int = 0
+
+
+@dataclass
+class _Message:
+    """What the feature stage hands the model stage: the files it finished decoding since the last
+    message, in input order, each (index, constant-file notes, error or None, samples, window starts,
+    padded); and at most batch_size windows, as waveform segments (in one process) or features (from
+    the feature process), owned by `owners` (file index, window). `error`: the feature process failed."""
+
+    files: list[tuple[int, list[str], BaseException | None, int, list[int], bool]]
+    owners: list[tuple[int, int]]
+    windows: Any = None
+    error: BaseException | None = None
 
 
 class Predictor:
@@ -189,50 +213,122 @@ class Predictor:
         seg = wave[start:start + self.window_samples]
         return seg if len(seg) == self.window_samples else np.pad(seg, (0, self.window_samples - len(seg)))
 
-    def _score(self, segments: Sequence[Any], names: Sequence[str]) -> Any:
-        """Class probabilities (W, K) of one batch of windows (each (samples,)); `names` name their files
-        in the error that NaN/Inf logits raise."""
+    def _features(self, segments: Sequence[Any]) -> Any:
+        """Features (W, C, F, T) of a batch of windows (each (samples,))."""
         import numpy as np
+        import torch
+
+        # one window at a time: on a CPU 2.5x faster per window than a batched STFT, whose buffers
+        # outgrow the caches
+        return torch.cat([self.extractor(torch.from_numpy(np.ascontiguousarray(s))) for s in segments])
+
+    def _model(self, feats: Any, names: Sequence[str]) -> Any:
+        """Class probabilities (W, K) float64 of a batch of features; `names` name their files in the
+        error that NaN/Inf logits raise."""
         import torch
 
         from asc.eval.inference import infer
 
-        # features one window at a time (on a CPU 2.5x faster per window than a batched STFT, whose
-        # buffers outgrow the caches), the model on the batch
-        feats = torch.cat([self.extractor(torch.from_numpy(np.ascontiguousarray(s))) for s in segments])
         logits, _, _ = infer(self.model, [feats], device=self.device, names=names)
         return torch.softmax(logits.double(), dim=1).numpy()
 
-    def _stream(self, waves: Iterable[tuple[str, Any]]) -> Iterator[Prediction]:
-        """Predictions of (name, mono waveform) pairs, in order, scoring windows `batch_size` at a time
-        across files: no file's windows are ever held all at once."""
+    def _score(self, segments: Sequence[Any], names: Sequence[str]) -> Any:
+        """Class probabilities (W, K) of one batch of windows (each (samples,)): features, then the model."""
+        return self._model(self._features(segments), names)
+
+    def _messages(self, decoded: Iterable[tuple[int, list[str], Any]], *, features: bool,
+                  stop_at_bad: bool) -> Iterator[_Message]:
+        """Cut (index, notes, mono waveform or the exception that loading it raised) into messages of
+        windows `batch_size` at a time across files, so no file's windows are ever held all at once.
+        The same cut serves both paths, so the model sees the same batches in both. `features`: send
+        features (computed here) rather than segments. `stop_at_bad`: end at the first bad file (it
+        raises at the model stage), rather than decode files that will never be scored."""
+        from asc.errors import DataError
+
+        files: list = []
+        owners: list[tuple[int, int]] = []
+        segments: list[Any] = []
+
+        def cut() -> _Message:
+            nonlocal files, owners, segments
+            windows = (self._features(segments) if features else list(segments)) if segments else None
+            message = _Message(files, owners, windows)
+            files, owners, segments = [], [], []
+            return message
+
+        for i, notes, wave in decoded:
+            if isinstance(wave, BaseException):
+                files.append((i, notes, wave, 0, [], False))
+                if stop_at_bad or not isinstance(wave, DataError):
+                    yield _Message(files, [], None)  # the windows cut so far will not be scored
+                    return
+                continue
+            starts, padded = self._starts(len(wave))
+            files.append((i, notes, None, len(wave), starts, padded))
+            for j, start in enumerate(starts):
+                segments.append(self._segment(wave, start))
+                owners.append((i, j))
+                if len(segments) >= self.batch_size:
+                    yield cut()
+        if files or segments:
+            yield cut()
+
+    def _consume(self, messages: Iterable[_Message], names: Sequence[str],
+                 on_bad: Callable[[int, BaseException], None],
+                 tick: Callable[[], None]) -> Iterator[Prediction]:
+        """Predictions of the files in `messages`, in input order: warnings and bad files are reported
+        as their files come up, each batch of windows is scored as cut, and a file is done when all its
+        windows are. `on_bad(index, error)` records or raises; `tick` counts a file."""
         import numpy as np
 
         pending: deque[_Pending] = deque()
-        segments: list[Any] = []
-        owners: list[tuple[_Pending, int]] = []
-
-        def flush() -> Iterator[Prediction]:
-            if segments:
-                prob = self._score(segments, [entry.name for entry, _ in owners])
-                for (entry, j), p in zip(owners, prob):
+        by_index: dict[int, _Pending] = {}
+        for message in messages:
+            if message.error is not None:
+                raise message.error
+            for i, notes, error, n_samples, starts, padded in message.files:
+                tick()
+                for note in notes:
+                    self._constant(note)
+                if error is not None:
+                    on_bad(i, error)
+                    continue
+                entry = _Pending(names[i], n_samples, starts, padded,
+                                 np.empty((len(starts), len(self.class_names))), index=i)
+                pending.append(entry)
+                by_index[i] = entry
+            if message.owners:
+                owned = [by_index[i] for i, _ in message.owners]
+                batch_names = [entry.name for entry in owned]
+                prob = (self._score(message.windows, batch_names) if isinstance(message.windows, list)
+                        else self._model(message.windows, batch_names))
+                for entry, (_, j), p in zip(owned, message.owners, prob):
                     entry.prob[j] = p
                     entry.done += 1
-                segments.clear()
-                owners.clear()
             while pending and pending[0].done == len(pending[0].starts):
-                yield self._result(pending.popleft())
+                entry = pending.popleft()
+                del by_index[entry.index]
+                yield self._result(entry)
 
-        for name, wave in waves:
-            starts, padded = self._starts(len(wave))
-            entry = _Pending(name, len(wave), starts, padded, np.empty((len(starts), len(self.class_names))))
-            pending.append(entry)
-            for j, start in enumerate(starts):
-                segments.append(self._segment(wave, start))
-                owners.append((entry, j))
-                if len(segments) >= self.batch_size:
-                    yield from flush()
-        yield from flush()
+    def _one(self, waves: Iterable[tuple[str, Any]]) -> Prediction:
+        """The prediction of one (name, mono waveform), on one torch thread like predict_many."""
+        with _one_torch_thread():
+            return next(self._stream(waves))
+
+    def _stream(self, waves: Iterable[tuple[str, Any]]) -> Iterator[Prediction]:
+        """Predictions of (name, mono waveform) pairs, in order, in this process."""
+        names: list[str] = []
+
+        def decoded() -> Iterator[tuple[int, list[str], Any]]:
+            for i, (name, wave) in enumerate(waves):
+                names.append(name)
+                yield i, [], wave
+
+        def never(i: int, error: BaseException) -> None:
+            raise error
+
+        return self._consume(self._messages(decoded(), features=False, stop_at_bad=True), names, never,
+                             lambda: None)
 
     def _result(self, entry: _Pending) -> Prediction:
         names, prob = self.class_names, entry.prob
@@ -274,7 +370,7 @@ class Predictor:
             raise ConfigError(f"{name}: expected (samples,), (channels, samples) or with channels_last=True "
                               f"(frames, channels), got shape {y.shape}")
         wave = conform(data, int(sr), self.sample_rate, name=name, on_constant=self._constant)[:, 0]
-        return next(self._stream([(name, wave)]))
+        return self._one([(name, wave)])
 
     def _constant(self, message: str) -> None:
         self.warn(f"{message}; scored anyway")
@@ -294,30 +390,68 @@ class Predictor:
         return (dataset_name(path) if self.names == "dataset" else None) or str(path)
 
     def predict(self, path: str | os.PathLike) -> Prediction:
-        return next(self._stream([(self.name_of(path), self.load(path))]))
+        return self._one([(self.name_of(path), self.load(path))])
 
     def predict_many(self, paths: Iterable[str | os.PathLike], *, skip_bad: bool = True,
-                     show_progress: bool = True) -> tuple[list[Prediction], list[tuple[str, str]]]:
+                     show_progress: bool = True, workers: int | None = None
+                     ) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Files in batches of windows across files; returns (predictions in input order, bad files as
         (path, reason)). A path given twice is scored once. With `skip_bad=False` the first file that
         cannot be used raises DataError instead (for a command that must stop before writing).
+
+        `workers=1` decodes and computes features in a separate process while this one runs the model,
+        so the two overlap (the default with at least 2 CPUs); `workers=0` does both here in turn, with
+        decoding a few files ahead in a thread. A handful of files, a non-Linux system, or a process that
+        cannot fork safely (other threads running, a daemon process) take the one-process path too; the
+        probabilities are the same either way.
         """
-        from concurrent.futures import ThreadPoolExecutor
+        import contextlib
 
         from asc.errors import DataError
         from asc.progress import progress
 
+        workers = check_workers(default_workers() if workers is None else workers)
         paths, names = self._unique(paths)
         bad: list[tuple[str, str]] = []
-        notes: dict[str, list[str]] = {}
 
-        def load(path: str) -> Any:
-            heard: list[str] = []
-            notes[path] = heard
+        def on_bad(i: int, error: BaseException) -> None:
+            if skip_bad and isinstance(error, DataError):
+                bad.append((paths[i], str(error)))
+            else:
+                raise error
+
+        with contextlib.ExitStack() as stack:
+            if workers and self._can_pipeline(paths):
+                messages = stack.enter_context(self._pipeline(paths, skip_bad))  # forks before any bar
+            else:
+                messages = self._messages(self._decode_ahead(paths, stack), features=False,
+                                          stop_at_bad=not skip_bad)
+            stack.enter_context(_one_torch_thread())  # in the pipeline the other core is the worker's
+            bar = stack.enter_context(contextlib.closing(
+                progress(total=len(paths), desc="predict", unit="file", enabled=show_progress)))
+            results = list(self._consume(messages, names, on_bad, lambda: bar.update(1)))
+        return results, bad
+
+    def _decode_each(self, paths: Sequence[str]) -> Iterator[tuple[int, list[str], Any]]:
+        """(index, constant-file notes, waveform or the error loading it raised) of each path in turn."""
+        for i, path in enumerate(paths):
+            notes: list[str] = []
             try:
-                return self.load(path, on_constant=heard.append)  # warned in order, from this thread
-            except DataError as exc:
-                return exc
+                wave = self.load(path, on_constant=notes.append)  # warned in order, at the model stage
+            except Exception as exc:  # noqa: BLE001 - reported at the model stage, in input order
+                wave = exc
+            yield i, notes, wave
+
+    def _decode_ahead(self, paths: Sequence[str], stack: Any) -> Iterator[tuple[int, list[str], Any]]:
+        """_decode_each, decoding in a thread (libsndfile and soxr release the GIL) while the features and
+        the model of earlier files run here: at most _PREFETCH files and _PREFETCH_BYTES of them ahead."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+
+        def one(i: int) -> tuple[int, list[str], Any]:
+            _, notes, wave = next(self._decode_each([paths[i]]))
+            return i, notes, wave
 
         def size(path: str) -> int:
             try:
@@ -325,43 +459,102 @@ class Predictor:
             except OSError:
                 return 0
 
-        def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[str, Any]]:
-            # decode ahead in a thread (libsndfile and soxr release the GIL) while the features and
-            # the model of earlier files run; at most _PREFETCH files and _PREFETCH_BYTES of them
-            ahead: deque = deque()
-            budget = _PREFETCH_BYTES
-            queue = iter(range(len(paths)))
-            try:
-                while True:
-                    while len(ahead) < _PREFETCH and (not ahead or sum(a[1] for a in ahead) < budget):
-                        i = next(queue, None)
-                        if i is None:
-                            break
-                        ahead.append((i, size(paths[i]), pool.submit(load, paths[i])))
-                    if not ahead:
-                        return
-                    i, _, future = ahead.popleft()
-                    wave = future.result()
-                    bar.update(1)
-                    for message in notes.pop(paths[i], []):
-                        self._constant(message)
-                    if isinstance(wave, DataError):
-                        if not skip_bad:
-                            raise wave
-                        bad.append((paths[i], str(wave)))
-                        continue
-                    yield names[i], wave
-            finally:
-                for _, _, future in ahead:
-                    future.cancel()
-
-        bar = progress(total=len(paths), desc="predict", unit="file", enabled=show_progress)
+        ahead: deque = deque()
+        queue = iter(range(len(paths)))
         try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                results = list(self._stream(decoded(pool)))
+            while True:
+                while len(ahead) < _PREFETCH and (not ahead or sum(a[0] for a in ahead) < _PREFETCH_BYTES):
+                    i = next(queue, None)
+                    if i is None:
+                        break
+                    ahead.append((size(paths[i]), pool.submit(one, i)))
+                if not ahead:
+                    return
+                yield ahead.popleft()[1].result()
         finally:
-            bar.close()
-        return results, bad
+            for _, future in ahead:
+                future.cancel()
+
+    def _can_pipeline(self, paths: Sequence[str]) -> bool:
+        """Whether a feature process pays and can be forked safely: Linux (fork is cheap and the process
+        inherits the model's config without pickling), no other Python thread that could hold a lock
+        the child needs (forking is unsafe then), not a daemon process (which may not have children),
+        and enough work."""
+        import multiprocessing as mp
+        import threading
+
+        # tqdm's monitor thread (left by any progress bar) only ever takes tqdm's own lock
+        others = [t for t in threading.enumerate()
+                  if t is not threading.current_thread() and type(t).__name__ != "TMonitor"]
+        if not sys.platform.startswith("linux") or "fork" not in mp.get_all_start_methods() \
+                or mp.current_process().daemon or others:
+            return False
+        if len(paths) >= _PIPELINE_MIN_FILES:
+            return True
+        total = 0
+        for path in paths:
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass
+        return total >= _PIPELINE_MIN_BYTES
+
+    def _pipeline(self, paths: Sequence[str], skip_bad: bool) -> Any:
+        """A context manager yielding the feature process's messages (see _Message), in input order;
+        the process is stopped on leaving, however that happens. A torch DataLoader with one forked
+        worker over a stream of messages: it keeps the worker's lifetime, its queue bound
+        (_PIPELINE_AHEAD messages) and the shared-memory transfer of the features."""
+        import contextlib
+        import functools
+
+        from torch.utils.data import DataLoader, IterableDataset
+
+        from asc.errors import AscError
+
+        predictor = self
+
+        class Stream(IterableDataset):
+            def __iter__(self) -> Iterator[_Message]:
+                try:
+                    yield from predictor._messages(predictor._decode_each(paths), features=True,
+                                                   stop_at_bad=not skip_bad)
+                except Exception as exc:  # noqa: BLE001 - raised in the parent, as one line
+                    yield _Message([], [], None, error=_picklable(exc))
+
+        loader = DataLoader(Stream(), batch_size=None, num_workers=1, collate_fn=_as_is,
+                            prefetch_factor=_PIPELINE_AHEAD, multiprocessing_context="fork",
+                            worker_init_fn=functools.partial(_init_feature_worker, os.getpid()))
+
+        @contextlib.contextmanager
+        def running() -> Iterator[Iterator[_Message]]:
+            it = iter(loader)
+            finished = False
+
+            def received() -> Iterator[_Message]:
+                while True:
+                    try:
+                        message = next(it)
+                    except StopIteration:
+                        return
+                    except RuntimeError as exc:
+                        if "exited unexpectedly" not in str(exc):
+                            raise
+                        raise AscError("the feature process exited unexpectedly (out of memory?); rerun "
+                                       "with --workers 0 to decode and score in one process") from None
+                    yield message
+
+            try:
+                yield received()
+                finished = True
+            finally:
+                if not finished:  # an error or Ctrl-C: do not wait for the file being decoded
+                    for worker in getattr(it, "_workers", ()):
+                        worker.terminate()
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+
+        return running()
 
     def _unique(self, paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
         """(paths, output names): each file once (the first spelling of it), named by `names`; two files
@@ -391,6 +584,65 @@ class Predictor:
                                "folder); score the two datasets separately or pass --names as-given")
             owner[name] = path
         return unique, names
+
+
+def default_workers() -> int:
+    """One feature process when there is a core for it beside the model's, else none."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cpus >= 2 else 0
+
+
+def check_workers(workers: Any) -> int:
+    """0 or 1, or ConfigError: one feature process already keeps the model busy on a core of its own,
+    and a second would need files split across processes, which loses the input order or the bound on
+    memory."""
+    from asc.errors import ConfigError
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers not in (0, 1):
+        raise ConfigError(f"--workers must be 0 (decode, features and model in one process) or 1 (a "
+                          f"feature process beside the model), got {workers!r}")
+    return workers
+
+
+def _one_torch_thread() -> Any:
+    """The model runs on one torch thread on every path: its reductions are split differently over
+    more threads (logits differ by ~1e-7), so one thread makes the probabilities the same whether the
+    features come from a feature process or not, and whatever torch's thread count is."""
+    from asc.features.compute import _single_thread_torch
+
+    return _single_thread_torch()
+
+
+def _as_is(message: Any) -> Any:
+    """The DataLoader's collate function: messages are sent as they are."""
+    return message
+
+
+def _init_feature_worker(parent_pid: int, worker_id: int) -> None:
+    """The feature process: one torch thread (the model has the other core), no traceback of its own
+    on Ctrl-C (the parent reports it in one line and stops it), gone when the parent is killed, and
+    glibc keeping the STFT's buffers (see asc.features.compute)."""
+    import signal
+
+    import torch
+
+    from asc.features.compute import _die_with_parent, _keep_large_buffers
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(1)
+    _keep_large_buffers()
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """`exc` if it survives the trip to the parent, else a RuntimeError with its one-line message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any exception that does not round-trip
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _seconds(value: Any, option: str) -> float:
@@ -453,6 +705,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset (default): a file inside a dataset folder (one holding meta.csv or "
                         "evaluation_setup/) is named as the dataset's lists name it, e.g. audio/0.wav; "
                         "as-given: every file as given on the command line")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="1: decode and compute features in a second process while this one runs the "
+                        "model, overlapping the two; 0: both in one process (default: 1 with at least "
+                        "2 CPUs, else 0; a handful of files always take one process)")
     p.add_argument("--skip-bad", action="store_true",
                    help="score the other files when some cannot be read, and list the bad ones at the end")
     p.set_defaults(func=run)
@@ -532,6 +788,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     window = None if args.window is None else _seconds(args.window, "--window")  # before the run loads
     hop = None if args.hop is None else _seconds(args.hop, "--hop")
+    workers = check_workers(default_workers() if args.workers is None else args.workers)
     paths = expand_paths(args.paths)
     check_outputs([args.out, args.json], paths, args.run)
     from asc.export import is_export
@@ -543,7 +800,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_run(args.run, device=args.device, checkpoint=args.checkpoint, **options)
     if args.top_k > len(predictor.class_names):
         raise ConfigError(f"--top-k {args.top_k}: the run has only {len(predictor.class_names)} classes")
-    results, bad = predictor.predict_many(paths, skip_bad=args.skip_bad)
+    results, bad = predictor.predict_many(paths, skip_bad=args.skip_bad, workers=workers)
     if results:  # the CSV and the JSON are written as one: both, or neither when a write fails
         outputs = [(args.out, submission_text([r.name for r in results],
                                               [[r.probabilities[c] for c in predictor.class_names]

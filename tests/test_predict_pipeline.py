@@ -1,0 +1,223 @@
+"""`predict_many` with a feature process (workers=1) against the one-process path (workers=0): the same
+probabilities bit for bit, in the same order, with the same bad files, warnings and names; windows
+sent in bounded messages; Ctrl-C still one line. Tiny synthetic audio through the stored tiny run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asc.cli import main
+from asc.errors import ConfigError, DataError
+
+from .tiny_tau import SR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tone(seconds: float = 1.0, sr: int = SR, freq: float = 500.0, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    y = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * np.random.default_rng(seed).standard_normal(t.size)
+    return y.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    from asc.predict import Predictor
+
+    return Predictor.from_run(tiny_run["run"])
+
+
+def _variant(predictor, **kw):
+    from asc.predict import Predictor
+
+    return Predictor(predictor.model, predictor.extractor.cfg, predictor.class_names, **kw)
+
+
+@pytest.fixture
+def paths_used(monkeypatch):
+    """Which path each predict_many call took, and the messages the model stage received from the
+    feature process (so their sizes can be checked)."""
+    import contextlib
+
+    from asc.predict import Predictor
+
+    record = {"pipelined": 0, "messages": []}
+    original = Predictor._pipeline
+
+    def spy(self, paths, skip_bad):
+        record["pipelined"] += 1
+
+        @contextlib.contextmanager
+        def wrapped():
+            with original(self, paths, skip_bad) as messages:
+                def seen():
+                    for message in messages:
+                        record["messages"].append(message)
+                        yield message
+                yield seen()
+
+        return wrapped()
+
+    monkeypatch.setattr(Predictor, "_pipeline", spy)
+    return record
+
+
+def _mixed_files(tmp_path: Path) -> list[Path]:
+    """Short, long (several windows), stereo, 48 kHz, constant, two bad files, a duplicate."""
+    files = []
+
+    def write(name, y, sr=SR, **kw):
+        files.append(tmp_path / name)
+        sf.write(files[-1], y, sr, **kw)
+
+    write("short.wav", _tone(0.4, seed=1))
+    write("long.flac", _tone(3.5, seed=2, freq=300.0))
+    write("stereo.wav", np.stack([_tone(1.2, seed=3), _tone(1.2, seed=4, freq=900.0)], axis=1))
+    bad_text = tmp_path / "text.wav"
+    bad_text.write_text("RIFF? no")
+    files.append(bad_text)
+    write("fortyeight.wav", _tone(1.0, sr=48000, seed=5, freq=700.0), sr=48000, subtype="PCM_16")
+    write("flat.wav", np.full(SR, 0.2, np.float32), subtype="FLOAT")
+    write("empty.wav", np.zeros(0, np.float32))
+    write("mid.wav", _tone(2.2, seed=6, freq=1100.0))
+    files.append(files[1])  # a duplicate
+    write("last.wav", _tone(1.0, seed=7, freq=1500.0))
+    return files
+
+
+def _run(predictor, paths, workers, **kw):
+    heard = []
+    predictor.warn, before = heard.append, predictor.warn
+    try:
+        results, bad = predictor.predict_many(paths, show_progress=False, workers=workers, **kw)
+    finally:
+        predictor.warn = before
+    return results, bad, heard
+
+
+@pytest.mark.parametrize("batch_size, hop", [(3, 0.5), (32, None)])
+def test_pipelined_equals_one_process_bit_for_bit(predictor, tmp_path, paths_used, batch_size, hop):
+    files = _mixed_files(tmp_path)
+    p = _variant(predictor, batch_size=batch_size, hop=hop)
+    serial, serial_bad, serial_heard = _run(p, files, workers=0)
+    assert paths_used["pipelined"] == 0
+    piped, piped_bad, piped_heard = _run(p, files, workers=1)
+    assert paths_used["pipelined"] == 1
+    assert [r.name for r in piped] == [r.name for r in serial] == [
+        str(tmp_path / n) for n in ("short.wav", "long.flac", "stereo.wav", "fortyeight.wav", "flat.wav",
+                                    "mid.wav", "last.wav")]
+    for a, b in zip(piped, serial):
+        assert a.to_dict() == b.to_dict()  # every probability equal, not merely close
+    assert piped_bad == serial_bad and [path for path, _ in piped_bad] == [str(tmp_path / "text.wav"),
+                                                                            str(tmp_path / "empty.wav")]
+    assert piped_heard == serial_heard
+    assert heard_once(piped_heard, "more than once") and heard_once(piped_heard, "flat.wav")
+    assert sum(len(m.owners) for m in paths_used["messages"]) == sum(len(r.windows) for r in piped)
+
+
+def heard_once(heard: list[str], text: str) -> bool:
+    return sum(text in line for line in heard) == 1
+
+
+def test_the_first_bad_file_raises_in_both_paths(predictor, tmp_path, paths_used):
+    files = _mixed_files(tmp_path)
+    for workers in (0, 1):
+        with pytest.raises(DataError, match="text.wav") as caught:
+            predictor.predict_many(files, skip_bad=False, show_progress=False, workers=workers)
+        assert "empty.wav" not in str(caught.value)
+    assert paths_used["pipelined"] == 1
+    # the feature process stops at the first bad file: nothing after it is decoded and sent
+    sent = [i for m in paths_used["messages"] for i, *_ in m.files]
+    assert sent == [0, 1, 2, 3]
+
+
+def test_workers_zero_and_a_handful_of_files_take_one_process(predictor, tmp_path, paths_used):
+    files = _mixed_files(tmp_path)
+    predictor.predict_many(files, show_progress=False, workers=0)
+    predictor.predict_many(files[:3], show_progress=False, workers=1)  # too few to pay for a process
+    assert paths_used["pipelined"] == 0
+    for workers in (2, -1, True, 1.0):
+        with pytest.raises(ConfigError, match="--workers must be 0"):
+            predictor.predict_many(files, show_progress=False, workers=workers)
+
+
+def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor, tmp_path, paths_used,
+                                                                       monkeypatch):
+    import torch
+
+    import asc.predict
+
+    monkeypatch.setattr(asc.predict, "_PIPELINE_MIN_FILES", 1)
+    path = tmp_path / "long.wav"
+    sf.write(path, _tone(3.0), SR)
+    p = _variant(predictor, hop=0.1, batch_size=4)
+    piped, _ = p.predict_many([path], show_progress=False, workers=1)
+    assert paths_used["pipelined"] == 1
+    messages = paths_used["messages"]
+    sizes = [m.windows.shape[0] for m in messages]
+    assert sizes == [4, 4, 4, 4, 4, 1] and len(piped[0].windows) == 21
+    assert all(isinstance(m.windows, torch.Tensor) and len(m.owners) == m.windows.shape[0] for m in messages)
+    assert [len(m.files) for m in messages] == [1, 0, 0, 0, 0, 0]  # the file is announced with its first
+    serial, _ = p.predict_many([path], show_progress=False, workers=0)
+    assert piped[0].to_dict() == serial[0].to_dict()
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh, delimiter="\t"))
+
+
+def test_cli_workers_option(tiny_run, tmp_path, capsys):
+    files = _mixed_files(tmp_path)
+    run = str(tiny_run["run"])
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert main(["predict", run, *map(str, files), "--out", str(a), "--skip-bad", "--workers", "0"]) == 0
+    assert main(["predict", run, *map(str, files), "--out", str(b), "--skip-bad", "--workers", "1"]) == 0
+    assert _csv(a) == _csv(b) and len(_csv(a)) == 8
+    capsys.readouterr()
+    assert main(["predict", run, str(files[0]), "--out", str(a), "--workers", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers" in err[0], err
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the feature process is Linux-only")
+def test_ctrl_c_with_a_feature_process_is_one_line(tiny_run, tmp_path):
+    files = []
+    for i in range(8):  # enough files for a feature process, at a hop that keeps it busy for a while
+        files.append(str(tmp_path / f"f{i}.wav"))
+        sf.write(files[-1], _tone(30.0, seed=i), SR)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ASC_PROGRESS="0", PYTHONUNBUFFERED="1")
+    out = tmp_path / "p.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "asc", "predict", str(tiny_run["run"]), *files,
+                             "--out", str(out), "--hop", "0.02", "--workers", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not _children(proc.pid) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "no feature process was started"
+    time.sleep(0.5)  # decoding and computing features now
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "asc predict: interrupted", err
+    assert not out.exists()
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
