@@ -53,12 +53,14 @@ _IR_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")
 def clip_rng(seed: int, clip_id: str, transform: str, copy: str) -> np.random.Generator:
     """A generator fixed by (seed, source clip id, transform, copy) alone, not by call order."""
     import numpy as np
+
     digest = hashlib.sha256(repr(("asc.data.devicesim", 1, int(seed), clip_id, transform, copy)).encode())
     return np.random.default_rng(np.frombuffer(digest.digest(), dtype=np.uint32))
 
 
 def rms(x: np.ndarray) -> float:
     import numpy as np
+
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
@@ -70,6 +72,7 @@ def _match_rms(y: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def _fit(y: np.ndarray, n: int) -> np.ndarray:
     """Cut to n samples, or zero-pad at the end."""
     import numpy as np
+
     return y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
 
 
@@ -90,6 +93,7 @@ def convolve_aligned(x: np.ndarray, ir: np.ndarray) -> np.ndarray:
 def mean_spectrum(x: np.ndarray, n_fft: int = SPECTRUM_NFFT, hop: int = SPECTRUM_HOP) -> np.ndarray:
     """Mean magnitude spectrum over Hann-windowed frames (n_fft // 2 + 1 bins)."""
     import numpy as np
+
     if len(x) < n_fft:
         x = np.pad(x, (0, n_fft - len(x)))
     frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), n_fft)[::hop]
@@ -100,6 +104,7 @@ def linear_phase_fir(gain: np.ndarray) -> np.ndarray:
     """A linear-phase FIR of 2 * (len(gain) - 1) + 1 taps whose response samples `gain` (magnitudes on
     an rfft grid); its peak is the middle tap. A constant gain g gives g times a unit impulse."""
     import numpy as np
+
     n = 2 * (len(gain) - 1)
     kernel = np.fft.irfft(np.asarray(gain, dtype=np.float64), n)
     half = n // 2
@@ -130,10 +135,11 @@ def compress(x: np.ndarray, sr: int, threshold_db: float, ratio: float, window_s
     """A feed-forward dynamic range compressor: the level (RMS over `window_s`) above `threshold_db`
     (dBFS) is divided by `ratio`; the gain is smoothed over `smooth_s`."""
     import numpy as np
+    from scipy.ndimage import uniform_filter1d
     from scipy.signal import lfilter
 
-    win = max(1, int(window_s * sr))
-    power = np.convolve(np.square(x, dtype=np.float64), np.ones(win) / win, mode="same")
+
+    power = uniform_filter1d(np.square(x, dtype=np.float64), max(1, int(window_s * sr)), mode="nearest")
     level = 10 * np.log10(power + 1e-12)
     reduction = np.minimum(0.0, (threshold_db - level) * (1 - 1 / ratio))
     a = math.exp(-1.0 / max(1.0, smooth_s * sr))
@@ -145,6 +151,7 @@ def exponential_reverb(sr: int, rt60: float, wet: float, rng: np.random.Generato
     """A synthetic room response: a direct path of 1 and a noise tail decaying by 60 dB in `rt60` s,
     at `wet` of the direct path's energy."""
     import numpy as np
+
     n = max(2, int(rt60 * sr))
     t = np.arange(n) / sr
     tail = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60)
@@ -159,18 +166,25 @@ def exponential_reverb(sr: int, rt60: float, wet: float, rng: np.random.Generato
 
 @dataclass
 class Context:
-    """What the transforms share: the sample rate, the source clips, loaded impulse responses, the
-    spectrum-correction filters and a loader for other clips (mix)."""
+    """What the transforms share (picklable, for worker processes): where the clips are, their rate and
+    length, loaded impulse responses, the spectrum-correction filters and the clips of each class (mix)."""
 
+    root: Path
     sr: int
     n: int                                   # samples per clip
-    k: int
-    sources: list[Clip]
-    load: Callable[[Clip], np.ndarray]
+    k: int = 1
     irs: list[tuple[str, np.ndarray]] = field(default_factory=list)
     corrections: dict[str, np.ndarray] = field(default_factory=dict)    # device -> FIR
     correction_info: dict[str, dict] = field(default_factory=dict)
     by_label: dict[str | None, list[Clip]] = field(default_factory=dict)
+
+    def load(self, clip: Clip) -> np.ndarray:
+        """A clip at the context's rate, cut or padded to its length, as float64."""
+        import numpy as np
+
+        from asc.data.audio import load_audio
+
+        return load_audio(self.root / clip.filename, sr=self.sr, duration=self.n / self.sr).astype(np.float64)
 
 
 #: (x, rng, ctx, clip, copy) -> (y, parameters)
@@ -372,7 +386,11 @@ def _wav_bytes(x: np.ndarray, sr: int) -> bytes:
 
     buf = io.BytesIO()
     sf.write(buf, np.asarray(x, dtype=np.float32), sr, subtype="FLOAT", format="WAV")
-    return buf.getvalue()
+    data = bytearray(buf.getvalue())
+    peak = data.find(b"PEAK", 12, 512)  # libsndfile stamps its PEAK chunk with the time of writing:
+    if peak >= 0:                       # zeroed, so the same samples give the same bytes
+        data[peak + 12:peak + 16] = bytes(4)
+    return bytes(data)
 
 
 def _csv_text(rows: list[tuple[str, str, str, str]]) -> str:
@@ -396,14 +414,49 @@ def _link(source: Path, link: Path) -> None:
     os.symlink(target, link)
 
 
+@dataclass
+class _Task:
+    """Augment one source clip with every (transform, copy) and write the files; picklable, so worker
+    processes run it. Returns (list.csv rows, augment.json entries, transforms that skipped the clip)."""
+
+    ctx: Context
+    jobs: list[tuple[str, str]]
+    out: str
+    seed: int
+    has_devices: bool
+
+    def __call__(self, clip: Clip) -> tuple[list[tuple[str, str, str, str]], dict[str, dict], list[str]]:
+        import numpy as np
+
+        ctx, rows, record, skipped = self.ctx, [], {}, []
+        x = ctx.load(clip)
+        for name, copy in self.jobs:
+            if name == "mix" and len(ctx.by_label.get(clip.scene, [])) < 2:
+                skipped.append(name)
+                continue
+            y, params = TRANSFORMS[name].apply(x, clip_rng(self.seed, clip.id, name, copy), ctx, clip, copy)
+            y = _fit(np.asarray(y, dtype=np.float64), ctx.n)
+            if not np.all(np.isfinite(y)):
+                raise DataError(f"{ctx.root / clip.filename}: {name} gave non-finite samples; check the clip "
+                                "(and the impulse responses)")
+            rel = f"{AUGMENTED_DIR}/{name}/{clip.id}-{copy}.wav"
+            atomic_write_bytes(Path(self.out) / rel, _wav_bytes(y, ctx.sr))
+            device = ""
+            if self.has_devices:
+                device = f"{clip.device}+{name}" + (f":{copy}" if name == "spectrum_correction" else "")
+            rows.append((rel, clip.scene or "", device, "train"))
+            record[rel] = {"source": clip.filename, "transform": name, "copy": copy, "seed": self.seed,
+                           "params": params}
+        return rows, record, skipped
+
+
 def augment_dataset(data: str | os.PathLike, out: str | os.PathLike, transforms: str | Sequence[str], *,
                     reader: str | None = None, k: int = 1, ir_folder: str | os.PathLike | None = None,
-                    seed: int = 0, source_device: str = "a") -> AugmentResult:
+                    seed: int = 0, source_device: str = "a", workers: int = 1) -> AugmentResult:
     """Write the augmented clips of `data` and links to its clips into the new folder `out` as a csv
-    dataset (`out/list.csv`), with `out/augment.json` recording what made each file."""
-    import numpy as np
-
-    from asc.data.audio import audio_info, load_audio
+    dataset (`out/list.csv`), with `out/augment.json` recording what made each file. The output is the
+    same for any number of `workers` (processes)."""
+    from asc.data.audio import audio_info
     from asc.data.readers import load_dataset
     from asc.progress import progress
 
@@ -427,50 +480,43 @@ def augment_dataset(data: str | os.PathLike, out: str | os.PathLike, transforms:
                         "which the augmented folder keeps for itself; rename that folder of the dataset")
     first = audio_info(dataset.path(sources[0]))  # the files' own rate and length, not a nominal one
     sr, n = first.samplerate, first.frames
-    duration = n / sr
-
-    def load(clip: Clip) -> np.ndarray:
-        return load_audio(dataset.path(clip), sr=sr, duration=duration).astype(np.float64)
-
-    ctx = Context(sr=sr, n=n, k=k, sources=sources, load=load)
+    ctx = Context(root=root, sr=sr, n=n, k=k)
     for c in sources:
         ctx.by_label.setdefault(c.scene, []).append(c)
     if "dir" in names:
         ctx.irs = load_irs(ir_folder, sr)  # type: ignore[arg-type]
     if "spectrum_correction" in names:
-        ctx.corrections, ctx.correction_info = spectrum_corrections(dataset, load, source_device)
+        ctx.corrections, ctx.correction_info = spectrum_corrections(dataset, ctx.load, source_device)
 
     _prepare_out(out)
+    jobs = [(name, copy) for name in names for copy in TRANSFORMS[name].copies(ctx)]
+    task = _Task(ctx, jobs, str(out), int(seed), has_devices)
     rows: list[tuple[str, str, str, str]] = []
     record: dict[str, dict[str, Any]] = {}
     counts = dict.fromkeys(names, 0)
     skipped = dict.fromkeys(names, 0)
-    jobs = [(name, copy) for name in names for copy in TRANSFORMS[name].copies(ctx)]
-    bar = progress(total=len(jobs) * len(sources), desc="augment", unit="clip")
+    bar = progress(total=len(sources), desc="augment", unit="clip")
+    workers = max(1, min(int(workers), len(sources)))
     try:
-        for clip in sources:
-            x = load(clip)
-            for name, copy in jobs:
-                bar.update(1)
-                if name == "mix" and len(ctx.by_label.get(clip.scene, [])) < 2:
-                    skipped[name] += 1
-                    continue
-                y, params = TRANSFORMS[name].apply(x, clip_rng(seed, clip.id, name, copy), ctx, clip, copy)
-                y = _fit(np.asarray(y, dtype=np.float64), n)
-                if not np.all(np.isfinite(y)):
-                    raise DataError(f"{dataset.path(clip)}: {name} gave non-finite samples; check the clip "
-                                    "(and the impulse responses)")
-                rel = f"{AUGMENTED_DIR}/{name}/{clip.id}-{copy}.wav"
-                atomic_write_bytes(out / rel, _wav_bytes(y, sr))
-                device = f"{clip.device}+{name}" if has_devices else ""
-                if name == "spectrum_correction" and has_devices:
-                    device = f"{clip.device}+{name}:{copy}"
-                rows.append((rel, clip.scene or "", device, "train"))
-                record[rel] = {"source": clip.filename, "transform": name, "copy": copy, "seed": int(seed),
-                               "params": params}
-                counts[name] += 1
+        if workers == 1:
+            done = map(task, sources)
+        else:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(workers)
+            done = pool.imap(task, sources, chunksize=4)  # in order: the same list.csv for any workers
+        for clip_rows, clip_record, clip_skipped in done:
+            bar.update(1)
+            rows.extend(clip_rows)
+            record.update(clip_record)
+            for name in clip_skipped:
+                skipped[name] += 1
+            for info in clip_record.values():
+                counts[info["transform"]] += 1
     finally:
         bar.close()
+        if workers > 1:
+            pool.terminate()
 
     originals = 0
     for clip in dataset.clips:

@@ -25,14 +25,15 @@ the source. The links are relative: keep OUT beside the dataset when moving them
 transforms (--transforms, comma-separated; k copies of each clip unless said otherwise):
 {transforms}
 
-Every output depends only on (--seed, the source clip, the transform, the copy)."""
+Every output depends only on (--seed, the source clip, the transform, the copy), not on --workers."""
 
 
 def _augment(args: argparse.Namespace) -> int:
     from asc.data.devicesim import LIST_FILE, augment_dataset
 
     result = augment_dataset(args.data, args.out, args.transforms, reader=args.reader, k=args.k,
-                             ir_folder=args.ir_folder, seed=args.seed, source_device=args.source_device)
+                             ir_folder=args.ir_folder, seed=args.seed, source_device=args.source_device,
+                             workers=args.workers)
     for name, count in result.counts.items():
         extra = f" ({result.skipped[name]} clips without a partner skipped)" if result.skipped[name] else ""
         print(f"{name:<20} {count} clips{extra}")
@@ -77,4 +78,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-device", default="a", metavar="DEV",
                    help="device whose training clips are augmented, and the reference of "
                         "spectrum_correction (default a)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes (default 1); the output is the same for any number")
     p.set_defaults(func=_augment)
