@@ -200,6 +200,17 @@ def test_same_seed_same_bytes(tmp_path):
     assert any((first / f).read_bytes() != (other / f).read_bytes() for f in files if "/noise/" in f)
 
 
+def test_workers_give_the_same_files(tmp_path):
+    data = _csv_set(tmp_path / "set")
+    one, two = tmp_path / "one", tmp_path / "two"
+    augment_dataset(data, one, "noise,mix", k=2, seed=1)
+    augment_dataset(data, two, "noise,mix", k=2, seed=1, workers=2)
+    files = sorted(_augmented(one))
+    assert (one / "list.csv").read_bytes() == (two / "list.csv").read_bytes()
+    assert (one / "augment.json").read_text() == (two / "augment.json").read_text()
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+
 def test_spectrum_correction_is_a_linear_phase_fir():
     h = linear_phase_fir(np.full(1025, 0.25))
     assert len(h) == 2049 and np.argmax(np.abs(h)) == 1024

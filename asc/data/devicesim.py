@@ -39,6 +39,9 @@ from asc.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     import numpy as np
 
+    Wave = np.ndarray
+    Rng = np.random.Generator
+
 LIST_FILE = "list.csv"
 RECORD_FILE = "augment.json"
 AUGMENTED_DIR = "augmented"
@@ -201,17 +204,17 @@ class Transform:
     copies: Callable[[Context], list[str]] = lambda ctx: [str(i) for i in range(ctx.k)]
 
 
-def _dir(x, rng, ctx, clip, copy):
+def _dir(x: Wave, rng: Rng, ctx: Context, clip: Clip, copy: str) -> tuple[Wave, dict]:
     name, ir = ctx.irs[int(rng.integers(len(ctx.irs)))]
     return convolve_aligned(x, ir), {"ir": name}
 
 
-def _spectrum_correction(x, rng, ctx, clip, copy):
+def _spectrum_correction(x: Wave, rng: Rng, ctx: Context, clip: Clip, copy: str) -> tuple[Wave, dict]:
     y = apply_fir_centred(x, ctx.corrections[copy])
     return y, {"target_device": copy, **ctx.correction_info[copy]}
 
 
-def _pitch_shift(x, rng, ctx, clip, copy):
+def _pitch_shift(x: Wave, rng: Rng, ctx: Context, clip: Clip, copy: str) -> tuple[Wave, dict]:
     import librosa
     import numpy as np
 
@@ -219,7 +222,7 @@ def _pitch_shift(x, rng, ctx, clip, copy):
     return librosa.effects.pitch_shift(x.astype(np.float32), sr=ctx.sr, n_steps=steps), {"semitones": steps}
 
 
-def _speed(x, rng, ctx, clip, copy):
+def _speed(x: Wave, rng: Rng, ctx: Context, clip: Clip, copy: str) -> tuple[Wave, dict]:
     import librosa
     import numpy as np
 
@@ -227,12 +230,12 @@ def _speed(x, rng, ctx, clip, copy):
     return _fit(librosa.effects.time_stretch(x.astype(np.float32), rate=rate), len(x)), {"rate": rate}
 
 
-def _noise(x, rng, ctx, clip, copy):
+def _noise(x: Wave, rng: Rng, ctx: Context, clip: Clip, copy: str) -> tuple[Wave, dict]:
     snr = float(rng.uniform(20.0, 40.0))
     return add_noise(x, snr, rng), {"snr_db": snr}
 
 
-def _reverb_drc(x, rng, ctx, clip, copy):
+def _reverb_drc(x: Wave, rng: Rng, ctx: Context, clip: Clip, copy: str) -> tuple[Wave, dict]:
     import numpy as np
     from scipy.signal import fftconvolve
 
@@ -244,7 +247,7 @@ def _reverb_drc(x, rng, ctx, clip, copy):
     return y, {"rt60_s": rt60, "wet": wet, "threshold_db_below_rms": below, "ratio": ratio}
 
 
-def _mix(x, rng, ctx, clip, copy):
+def _mix(x: Wave, rng: Rng, ctx: Context, clip: Clip, copy: str) -> tuple[Wave, dict]:
     pool = [c for c in ctx.by_label.get(clip.scene, []) if c.filename != clip.filename]
     partner = pool[int(rng.integers(len(pool)))]
     w = float(rng.uniform(0.3, 0.7))
@@ -254,8 +257,8 @@ def _mix(x, rng, ctx, clip, copy):
 TRANSFORMS: dict[str, Transform] = {
     "dir": Transform(_dir, "convolve with a device impulse response from --ir-folder (k copies)"),
     "spectrum_correction": Transform(
-        _spectrum_correction, "filter by the mean-spectrum ratio device / a of parallel training\n"
-        f"{'':23}recordings (one copy per device)", copies=lambda ctx: sorted(ctx.corrections)),
+        _spectrum_correction, "filter by each device's mean spectrum over a's (one copy per device)",
+        copies=lambda ctx: sorted(ctx.corrections)),
     "pitch_shift": Transform(_pitch_shift, "pitch shift by a random -2..2 semitones"),
     "speed": Transform(_speed, "time stretch by a random 0.9..1.1, cut or padded to the clip length"),
     "noise": Transform(_noise, "add white noise at a random SNR of 20..40 dB"),
