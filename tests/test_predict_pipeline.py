@@ -113,6 +113,9 @@ def test_pipelined_equals_one_process_bit_for_bit(predictor, tmp_path, paths_use
     assert paths_used["pipelined"] == 0
     piped, piped_bad, piped_heard = _run(p, files, workers=1)
     assert paths_used["pipelined"] == 1
+    import multiprocessing
+
+    assert multiprocessing.active_children() == []  # the feature process ended with the call
     assert [r.name for r in piped] == [r.name for r in serial] == [
         str(tmp_path / n) for n in ("short.wav", "long.flac", "stereo.wav", "fortyeight.wav", "flat.wav",
                                     "mid.wav", "last.wav")]
@@ -221,3 +224,21 @@ def test_ctrl_c_with_a_feature_process_is_one_line(tiny_run, tmp_path):
     assert not out.exists()
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_failure_in_the_feature_process_is_raised_here_as_it_was(predictor, tmp_path, paths_used,
+                                                                   monkeypatch):
+    import multiprocessing
+
+    from asc.predict import Predictor
+
+    files = _mixed_files(tmp_path)
+
+    def broken(self, segments):  # inherited by the forked feature process
+        raise MemoryError("no room for the features")
+
+    monkeypatch.setattr(Predictor, "_features", broken)
+    with pytest.raises(MemoryError, match="no room for the features"):
+        predictor.predict_many(files, show_progress=False, workers=1)
+    assert paths_used["pipelined"] == 1
+    assert multiprocessing.active_children() == []  # the feature process is gone
