@@ -268,10 +268,11 @@ def test_augmented_folder_extracts_with_the_original_evaluate_rows(synth_set, tm
     cfg.write_text("duration: null\nn_mels: 32\nstorage:\n  shard_size: 64\n")
     assert _asc("extract", "--data", aug / "list.csv", "--features", cfg, "--out", tmp_path / "cache",
                 "--workers", 1) == 0
+    aug_cache = Path(capsys.readouterr().out.strip().splitlines()[-1])  # the last line: the cache folder
     assert _asc("extract", "--data", data, "--features", cfg, "--out", tmp_path / "plain", "--workers", 1,
                 "--splits", "evaluate") == 0
     cache_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    manifest = read_manifest(next((tmp_path / "cache").iterdir()))
+    manifest = read_manifest(aug_cache)
     plain = read_manifest(cache_dir)
     evaluate = sorted((r["id"], r["file"], r["scene"], r["device"]) for r in manifest["clips"]
                       if r["split"] == "evaluate")
@@ -288,8 +289,7 @@ def test_augmented_folder_extracts_with_the_original_evaluate_rows(synth_set, tm
     by_id = {r["id"]: r for r in plain["clips"]}
     for row in manifest["clips"]:
         if row["split"] == "evaluate":  # the same audio, so the same features
-            np.testing.assert_array_equal(features(next((tmp_path / "cache").iterdir()), row),
-                                          features(cache_dir, by_id[row["id"]]))
+            np.testing.assert_array_equal(features(aug_cache, row), features(cache_dir, by_id[row["id"]]))
 
 
 # ------------------------------------------------------------------------------------- errors
