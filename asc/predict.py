@@ -390,7 +390,10 @@ class Predictor:
         return (dataset_name(path) if self.names == "dataset" else None) or str(path)
 
     def predict(self, path: str | os.PathLike) -> Prediction:
-        return self._one([(self.name_of(path), self.load(path))])
+        """One file, as predict_many scores it (a long one through the feature process); raises
+        DataError when it cannot be used."""
+        results, _ = self.predict_many([path], skip_bad=False, show_progress=False)
+        return results[0]
 
     def predict_many(self, paths: Iterable[str | os.PathLike], *, skip_bad: bool = True,
                      show_progress: bool = True, workers: int | None = None
@@ -547,7 +550,13 @@ class Predictor:
                 yield received()
                 finished = True
             finally:
-                if not finished:  # an error or Ctrl-C: do not wait for the file being decoded
+                if not finished and getattr(it, "_worker_pids_set", False):
+                    # an error or Ctrl-C: do not wait for the file being decoded. Unregister the worker
+                    # first, or the DataLoader's SIGCHLD handler reports its end as a crash
+                    from torch.utils.data._utils import signal_handling
+
+                    signal_handling._remove_worker_pids(id(it))
+                    it._worker_pids_set = False
                     for worker in getattr(it, "_workers", ()):
                         worker.terminate()
                 shutdown = getattr(it, "_shutdown_workers", None)

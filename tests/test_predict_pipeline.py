@@ -173,6 +173,8 @@ def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor
     assert [len(m.files) for m in messages] == [1, 0, 0, 0, 0, 0]  # the file is announced with its first
     serial, _ = p.predict_many([path], show_progress=False, workers=0)
     assert piped[0].to_dict() == serial[0].to_dict()
+    assert p.predict(path).to_dict() == serial[0].to_dict()  # predict scores a long file as predict_many
+    assert paths_used["pipelined"] == 2
 
 
 def _csv(path):
