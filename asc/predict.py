@@ -533,22 +533,14 @@ class Predictor:
             it = iter(loader)
             finished = False
 
-            def received() -> Iterator[_Message]:
-                while True:
-                    try:
-                        message = next(it)
-                    except StopIteration:
-                        return
-                    except RuntimeError as exc:
-                        if "exited unexpectedly" not in str(exc):
-                            raise
-                        raise AscError("the feature process exited unexpectedly (out of memory?); rerun "
-                                       "with --workers 0 to decode and score in one process") from None
-                    yield message
-
             try:
-                yield received()
+                yield it
                 finished = True
+            except RuntimeError as exc:  # from the next message, or the DataLoader's SIGCHLD handler
+                if "DataLoader worker" not in str(exc):
+                    raise
+                raise AscError("the feature process ended unexpectedly (out of memory?); rerun with "
+                               "--workers 0 to decode and score in one process") from None
             finally:
                 if not finished and getattr(it, "_worker_pids_set", False):
                     # an error or Ctrl-C: do not wait for the file being decoded. Unregister the worker

@@ -163,6 +163,7 @@ def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor
     monkeypatch.setattr(asc.predict, "_PIPELINE_MIN_FILES", 1)
     path = tmp_path / "long.wav"
     sf.write(path, _tone(3.0), SR)
+    monkeypatch.setattr(asc.predict, "default_workers", lambda: 1)  # for predict, below
     p = _variant(predictor, hop=0.1, batch_size=4)
     piped, _ = p.predict_many([path], show_progress=False, workers=1)
     assert paths_used["pipelined"] == 1
@@ -244,3 +245,34 @@ def test_a_failure_in_the_feature_process_is_raised_here_as_it_was(predictor, tm
         predictor.predict_many(files, show_progress=False, workers=1)
     assert paths_used["pipelined"] == 1
     assert multiprocessing.active_children() == []  # the feature process is gone
+
+
+def test_a_killed_feature_process_is_one_line(predictor, tmp_path, monkeypatch):
+    import contextlib
+    import multiprocessing
+
+    from asc.errors import AscError
+    from asc.predict import Predictor
+
+    files = _mixed_files(tmp_path)
+    original = Predictor._pipeline
+
+    def killing(self, paths, skip_bad):
+        @contextlib.contextmanager
+        def wrapped():
+            with original(self, paths, skip_bad) as messages:
+                def seen():
+                    for message in messages:
+                        for child in multiprocessing.active_children():
+                            os.kill(child.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+                            child.join()
+                        yield message
+                yield seen()
+
+        return wrapped()
+
+    monkeypatch.setattr(Predictor, "_pipeline", killing)
+    p = _variant(predictor, batch_size=1)  # many messages: the worker is still running at the first
+    with pytest.raises(AscError, match=r"^the feature process ended unexpectedly .*--workers 0"):
+        p.predict_many(files, show_progress=False, workers=1)
+    assert multiprocessing.active_children() == []
