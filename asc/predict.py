@@ -27,10 +27,6 @@ from typing import Any
 #: files decoded ahead of the one being scored: at most this many, and at most _PREFETCH_BYTES of files
 _PREFETCH = 4
 _PREFETCH_BYTES = 256 << 20
-#: pipelined below this many files (and _PIPELINE_MIN_BYTES of them): starting the feature process
-#: (~0.1 s) costs more than the overlap gains
-_PIPELINE_MIN_FILES = 8
-_PIPELINE_MIN_BYTES = 32 << 20
 #: messages (each at most batch_size windows) the feature process may have ready ahead of the model:
 #: enough to keep it busy during a forward pass, few enough that memory stays bounded
 _PIPELINE_AHEAD = 2
@@ -390,10 +386,9 @@ class Predictor:
         return (dataset_name(path) if self.names == "dataset" else None) or str(path)
 
     def predict(self, path: str | os.PathLike) -> Prediction:
-        """One file, as predict_many scores it (a long one through the feature process); raises
-        DataError when it cannot be used."""
-        results, _ = self.predict_many([path], skip_bad=False, show_progress=False)
-        return results[0]
+        """One file, in this process (predict_many pipelines a long one); raises DataError when it cannot
+        be used."""
+        return self._one([(self.name_of(path), self.load(path))])
 
     def predict_many(self, paths: Iterable[str | os.PathLike], *, skip_bad: bool = True,
                      show_progress: bool = True, workers: int | None = None
@@ -404,9 +399,10 @@ class Predictor:
 
         `workers=1` decodes and computes features in a separate process while this one runs the model,
         so the two overlap (the default with at least 2 CPUs); `workers=0` does both here in turn, with
-        decoding a few files ahead in a thread. A handful of files, a non-Linux system, or a process that
-        cannot fork safely (other threads running, a daemon process) take the one-process path too; the
-        probabilities are the same either way.
+        decoding a few files ahead in a thread. Files that hold at most one batch of windows (the model
+        runs once: nothing to overlap), a non-Linux system, or a process that cannot fork safely (other
+        threads running, a daemon process) take the one-process path too; the probabilities are the same
+        either way.
         """
         import contextlib
 
@@ -482,7 +478,8 @@ class Predictor:
         """Whether a feature process pays and can be forked safely: Linux (fork is cheap and the process
         inherits the model's config without pickling), no other Python thread that could hold a lock
         the child needs (forking is unsafe then), not a daemon process (which may not have children),
-        and enough work."""
+        and more than one batch of windows: with one forward pass the model can only wait for the
+        features, so a second process would cost its start and gain nothing."""
         import multiprocessing as mp
         import threading
 
@@ -492,15 +489,25 @@ class Predictor:
         if not sys.platform.startswith("linux") or "fork" not in mp.get_all_start_methods() \
                 or mp.current_process().daemon or others:
             return False
-        if len(paths) >= _PIPELINE_MIN_FILES:
-            return True
+        return len(paths) > self.batch_size or self._more_windows_than(paths, self.batch_size)
+
+    def _more_windows_than(self, paths: Sequence[str], limit: int) -> bool:
+        """Whether `paths` hold more than `limit` windows, by their headers (a file whose header cannot
+        be read counts as one window: it is likely a bad file)."""
+        import soundfile as sf
+
         total = 0
         for path in paths:
             try:
-                total += os.path.getsize(path)
-            except OSError:
-                pass
-        return total >= _PIPELINE_MIN_BYTES
+                info = sf.info(path)
+                n = int(info.frames * self.sample_rate / info.samplerate)
+            except Exception:  # noqa: BLE001 - any unreadable header: judged when the file is loaded
+                n = 0
+            size = self.window_samples
+            total += 1 if n <= size else (n - size) // self.hop_samples + 2  # a generous count of _starts
+            if total > limit:
+                return True
+        return False
 
     def _pipeline(self, paths: Sequence[str], skip_bad: bool) -> Any:
         """A context manager yielding the feature process's messages (see _Message), in input order;
@@ -709,7 +716,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="1: decode and compute features in a second process while this one runs the "
                         "model, overlapping the two; 0: both in one process (default: 1 with at least "
-                        "2 CPUs, else 0; a handful of files always take one process)")
+                        "2 CPUs, else 0; files that fill one batch of windows take one process)")
     p.add_argument("--skip-bad", action="store_true",
                    help="score the other files when some cannot be read, and list the bad ones at the end")
     p.set_defaults(func=run)

@@ -105,7 +105,7 @@ def _run(predictor, paths, workers, **kw):
     return results, bad, heard
 
 
-@pytest.mark.parametrize("batch_size, hop", [(3, 0.5), (32, None)])
+@pytest.mark.parametrize("batch_size, hop", [(3, 0.5), (4, None)])
 def test_pipelined_equals_one_process_bit_for_bit(predictor, tmp_path, paths_used, batch_size, hop):
     files = _mixed_files(tmp_path)
     p = _variant(predictor, batch_size=batch_size, hop=hop)
@@ -134,9 +134,10 @@ def heard_once(heard: list[str], text: str) -> bool:
 
 def test_the_first_bad_file_raises_in_both_paths(predictor, tmp_path, paths_used):
     files = _mixed_files(tmp_path)
+    p = _variant(predictor, batch_size=2)  # more than one batch of windows: pipelined
     for workers in (0, 1):
         with pytest.raises(DataError, match="text.wav") as caught:
-            predictor.predict_many(files, skip_bad=False, show_progress=False, workers=workers)
+            p.predict_many(files, skip_bad=False, show_progress=False, workers=workers)
         assert "empty.wav" not in str(caught.value)
     assert paths_used["pipelined"] == 1
     # the feature process stops at the first bad file: nothing after it is decoded and sent
@@ -144,26 +145,23 @@ def test_the_first_bad_file_raises_in_both_paths(predictor, tmp_path, paths_used
     assert sent == [0, 1, 2, 3]
 
 
-def test_workers_zero_and_a_handful_of_files_take_one_process(predictor, tmp_path, paths_used):
+def test_workers_zero_and_one_batch_of_windows_take_one_process(predictor, tmp_path, paths_used):
     files = _mixed_files(tmp_path)
     predictor.predict_many(files, show_progress=False, workers=0)
-    predictor.predict_many(files[:3], show_progress=False, workers=1)  # too few to pay for a process
+    # 13 windows and a batch of 32: the model runs once, so there is nothing to overlap
+    predictor.predict_many(files, show_progress=False, workers=1)
     assert paths_used["pipelined"] == 0
     for workers in (2, -1, True, 1.0):
         with pytest.raises(ConfigError, match="--workers must be 0"):
             predictor.predict_many(files, show_progress=False, workers=workers)
 
 
-def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor, tmp_path, paths_used,
-                                                                       monkeypatch):
+def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor, tmp_path, paths_used):
+    """One file of 21 windows and a batch of 4: pipelined, in messages of at most 4 windows each."""
     import torch
 
-    import asc.predict
-
-    monkeypatch.setattr(asc.predict, "_PIPELINE_MIN_FILES", 1)
     path = tmp_path / "long.wav"
     sf.write(path, _tone(3.0), SR)
-    monkeypatch.setattr(asc.predict, "default_workers", lambda: 1)  # for predict, below
     p = _variant(predictor, hop=0.1, batch_size=4)
     piped, _ = p.predict_many([path], show_progress=False, workers=1)
     assert paths_used["pipelined"] == 1
@@ -174,8 +172,7 @@ def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor
     assert [len(m.files) for m in messages] == [1, 0, 0, 0, 0, 0]  # the file is announced with its first
     serial, _ = p.predict_many([path], show_progress=False, workers=0)
     assert piped[0].to_dict() == serial[0].to_dict()
-    assert p.predict(path).to_dict() == serial[0].to_dict()  # predict scores a long file as predict_many
-    assert paths_used["pipelined"] == 2
+    assert p.predict(path).to_dict() == serial[0].to_dict()  # predict: the same bits, in this process
 
 
 def _csv(path):
@@ -183,13 +180,15 @@ def _csv(path):
         return list(csv.reader(fh, delimiter="\t"))
 
 
-def test_cli_workers_option(tiny_run, tmp_path, capsys):
+def test_cli_workers_option(tiny_run, tmp_path, capsys, paths_used):
     files = _mixed_files(tmp_path)
     run = str(tiny_run["run"])
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    assert main(["predict", run, *map(str, files), "--out", str(a), "--skip-bad", "--workers", "0"]) == 0
-    assert main(["predict", run, *map(str, files), "--out", str(b), "--skip-bad", "--workers", "1"]) == 0
+    for out, workers in ((a, "0"), (b, "1")):
+        assert main(["predict", run, *map(str, files), "--out", str(out), "--skip-bad", "--workers", workers,
+                     "--batch-size", "2"]) == 0
     assert _csv(a) == _csv(b) and len(_csv(a)) == 8
+    assert paths_used["pipelined"] == 1
     capsys.readouterr()
     assert main(["predict", run, str(files[0]), "--out", str(a), "--workers", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -242,7 +241,7 @@ def test_a_failure_in_the_feature_process_is_raised_here_as_it_was(predictor, tm
 
     monkeypatch.setattr(Predictor, "_features", broken)
     with pytest.raises(MemoryError, match="no room for the features"):
-        predictor.predict_many(files, show_progress=False, workers=1)
+        _variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=1)
     assert paths_used["pipelined"] == 1
     assert multiprocessing.active_children() == []  # the feature process is gone
 
