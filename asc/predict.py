@@ -526,8 +526,13 @@ class Predictor:
         class Stream(IterableDataset):
             def __iter__(self) -> Iterator[_Message]:
                 try:
-                    yield from predictor._messages(predictor._decode_each(paths), features=True,
-                                                   stop_at_bad=not skip_bad)
+                    for message in predictor._messages(predictor._decode_each(paths), features=True,
+                                                       stop_at_bad=not skip_bad):
+                        # an exception that cannot be pickled would be lost on the way, and the parent
+                        # would wait for it forever
+                        message.files = [(i, notes, None if error is None else _picklable(error), *rest)
+                                         for i, notes, error, *rest in message.files]
+                        yield message
                 except Exception as exc:  # noqa: BLE001 - raised in the parent, as one line
                     yield _Message([], [], None, error=_picklable(exc))
 

@@ -275,3 +275,24 @@ def test_a_killed_feature_process_is_one_line(predictor, tmp_path, monkeypatch):
     with pytest.raises(AscError, match=r"^the feature process ended unexpectedly .*--workers 0"):
         p.predict_many(files, show_progress=False, workers=1)
     assert multiprocessing.active_children() == []
+
+
+def test_an_unpicklable_load_error_reaches_the_model_stage(predictor, tmp_path, paths_used, monkeypatch):
+    from asc.predict import Predictor
+
+    files = _mixed_files(tmp_path)
+    original = Predictor.load
+
+    class Odd(Exception):
+        def __reduce__(self):
+            raise TypeError("cannot pickle Odd")
+
+    def load(self, path, on_constant=None):
+        if str(path).endswith("mid.wav"):
+            raise Odd("mid.wav: an odd failure")
+        return original(self, path, on_constant)
+
+    monkeypatch.setattr(Predictor, "load", load)
+    with pytest.raises(RuntimeError, match="Odd: mid.wav: an odd failure"):
+        _variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=1)
+    assert paths_used["pipelined"] == 1
