@@ -600,9 +600,10 @@ class Predictor:
 
 
 def default_workers() -> int:
-    """One feature process when there is a core for it beside the model's, else none."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if cpus >= 2 else 0
+    """One process: measured on the shared 2-CPU machine, the feature process made prediction slower
+    (30 against 40 files/s, BENCHMARKS.md), so it stays opt-in (`--workers 1`) until a measurement on
+    an idle machine shows it faster."""
+    return 0
 
 
 def check_workers(workers: Any) -> int:
@@ -720,8 +721,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "as-given: every file as given on the command line")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="1: decode and compute features in a second process while this one runs the "
-                        "model, overlapping the two; 0: both in one process (default: 1 with at least "
-                        "2 CPUs, else 0; files that fill one batch of windows take one process)")
+                        "model, overlapping the two; 0 (default): both in one process (files that fill "
+                        "one batch of windows take one process either way)")
     p.add_argument("--skip-bad", action="store_true",
                    help="score the other files when some cannot be read, and list the bad ones at the end")
     p.set_defaults(func=run)
