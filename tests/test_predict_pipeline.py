@@ -24,6 +24,15 @@ from .tiny_tau import SR
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _only_this_thread(monkeypatch):
+    """The feature process is forked only when no other Python thread runs; a test runner's own
+    threads (pytest-xdist's execnet) are not the program's, so they are hidden from that check here."""
+    import threading
+
+    monkeypatch.setattr(threading, "enumerate", lambda: [threading.current_thread()])
+
+
 def _tone(seconds: float = 1.0, sr: int = SR, freq: float = 500.0, seed: int = 0) -> np.ndarray:
     t = np.arange(int(round(seconds * sr))) / sr
     y = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * np.random.default_rng(seed).standard_normal(t.size)
