@@ -11,11 +11,10 @@ buffers, not parameters, as in the challenge's counting).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from asc.errors import ConfigError
+from asc.errors import ConfigError, positive_seconds
 
 #: bytes one parameter takes in each storage precision, widest first
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "int8": 1}
@@ -106,10 +105,4 @@ def largest_fitting_width(name: str, params: Mapping[str, Any] | None = None, *,
 
 
 def _clip_seconds(value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"clip length must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"clip length must be a positive number of seconds, got {value!r}")
-    return seconds
+    return positive_seconds(value, "clip length")

@@ -13,3 +13,16 @@ class ConfigError(AscError, ValueError):
 
 class DataError(AscError):
     """A dataset or audio file that cannot be used; the message names the file (and line)."""
+
+
+def positive_seconds(value: object, what: str) -> float:
+    """A positive, finite number of seconds, or a ConfigError naming `what` (an option or a key)."""
+    import math
+
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{what} must be a positive, finite number of seconds, got {value!r}")
+    return seconds

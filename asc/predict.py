@@ -660,16 +660,9 @@ def _picklable(exc: BaseException) -> BaseException:
 
 
 def _seconds(value: Any, option: str) -> float:
-    """A positive, finite number of seconds, or ConfigError naming the option."""
-    from asc.errors import ConfigError
+    from asc.errors import positive_seconds
 
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{option} must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"{option} must be a positive, finite number of seconds, got {value!r}")
-    return seconds
+    return positive_seconds(value, option)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
