@@ -13,13 +13,15 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Open a temp file beside `path`; on success it replaces `path`, on error it is removed."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
+                permissions: int | None = None) -> Iterator[IO]:
+    """Open a temp file beside `path`; on success it replaces `path`, on error it is removed.
+    `permissions` (e.g. 0o600 for a private record) instead of the usual ones under the umask."""
     path = Path(path)
     refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+    os.chmod(tmp, 0o666 & ~_umask() if permissions is None else permissions)  # mkstemp makes 0600 files
     try:
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             yield fh

@@ -125,18 +125,10 @@ def _recorded_sha256(so: Path) -> str:
 
 def _write_record(so: Path, sha: str, cc: str) -> None:
     """The sidecar, written atomically and private (temp file + rename)."""
-    record = _record_path(so)
-    fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=record.parent)   # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"file": so.name, "sha256": sha, "compiler": cc, "flags": _FLAGS}, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, record)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from asc.fileio import atomic_open
+
+    with atomic_open(_record_path(so), "w", encoding="utf-8", permissions=0o600) as fh:
+        json.dump({"file": so.name, "sha256": sha, "compiler": cc, "flags": _FLAGS}, fh, indent=2)
 
 
 def _build(cc: str) -> Path:
