@@ -20,13 +20,12 @@ from asc.data.clips import SPLITS, AudioDataset, Clip
 from asc.data.readers import load_dataset
 from asc.errors import DataError
 
-TauDataset = AudioDataset
 AUDIO_MODES = ("all", "sample", "none")
 
 
 @dataclass
 class CheckReport:
-    dataset: TauDataset
+    dataset: AudioDataset
     problems: list[str] = field(default_factory=list)     # make the check fail
     warnings: list[str] = field(default_factory=list)     # worth knowing, not fatal
     audio_checked: int = 0
@@ -38,7 +37,7 @@ class CheckReport:
         return not self.problems
 
 
-def _structure_warnings(data: TauDataset) -> list[str]:
+def _structure_warnings(data: AudioDataset) -> list[str]:
     out = []
     train, evaluate = data.split("train"), data.split("evaluate")
     if data.version != "eval" and (not train or not evaluate):
@@ -61,7 +60,7 @@ def _structure_warnings(data: TauDataset) -> list[str]:
     return out
 
 
-def unopenable_audio(data: TauDataset, clips: Iterable[Clip] | None = None) -> list[tuple[str, str]]:
+def unopenable_audio(data: AudioDataset, clips: Iterable[Clip] | None = None) -> list[tuple[str, str]]:
     """(file name, why) for each clip (default: all) whose audio file cannot be opened: missing,
     a symbolic link that loops or points nowhere, a folder. The one presence check of every stage."""
     out = []

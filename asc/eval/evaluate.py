@@ -48,9 +48,6 @@ def read_history(path: Path) -> list[dict]:
     return history
 
 
-_recipe_value = recipe_value
-
-
 def training_precision(run_dir: Path, recipe: Mapping) -> str:
     """What the run trained in, as its env.json says (runs without it: float32 unless autocast was asked)."""
     try:
@@ -125,9 +122,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         batch_size = int((recipe.get("train") or {}).get("eval_batch_size") or 64)
     if workers is None:
         workers = int((recipe.get("data") or {}).get("num_workers") or 0)
-    recipe_split = _recipe_value(recipe, "data.eval_split", recipe_path, default="evaluate")
+    recipe_split = recipe_value(recipe, "data.eval_split", recipe_path, default="evaluate")
     eval_split = split or recipe_split
-    train_split = _recipe_value(recipe, "data.train_split", recipe_path, default="train")
+    train_split = recipe_value(recipe, "data.train_split", recipe_path, default="train")
     data = load_split(recipe, eval_split, recipe_path, None if cache_dir is None else str(cache_dir))
     from asc.data.description import class_mismatch
 
