@@ -74,6 +74,14 @@ def test_evaluate_writes_a_report_that_matches_the_model(tiny_run, capsys):
     assert report["run"]["precision"] == "float32"  # the default everywhere; bf16 autocast is an opt-in
     assert "precision float32" in (out / "report.md").read_text()
     assert report["dataset"]["split"] == "evaluate" and report["dataset"]["synthetic"] is True
+    # DCASE's complexity count: the clip's MACs spread over its seconds, parameter bytes per precision
+    c, clip = report["complexity"], report["dataset"]["description"]["duration"]
+    assert c["clip_seconds"] == clip and c["params"] == report["model"]["params"]
+    assert c["macs_per_second"] == pytest.approx(report["model"]["macs"] / clip)
+    assert c["bytes"] == {"float32": 4 * c["params"], "float16": 2 * c["params"], "int8": c["params"]}
+    assert c["fits_dcase_2022"] == (c["params"] <= 128 * 1024 and c["macs_per_second"] <= 30e6)
+    verdict = "fits DCASE 2022-2025 Task 1" if c["fits_dcase_2022"] else "does not fit DCASE 2022-2025 Task 1"
+    assert verdict in (out / "report.md").read_text() and f"complexity: {c['params']:,} parameters" in printed.out
 
     t_logits, t_y, _, t_emb = ref["train"]
     expected = angle_metrics(t_emb, t_y, emb, y)
@@ -155,6 +163,7 @@ def test_evaluate_a_cifar_run(tmp_path, capsys):
     assert main(["evaluate", str(run), "--checkpoint", "last", "--device", "cpu"]) == 0
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["per_device"] == {} and report["device_groups"] == {}
+    assert "complexity" not in report  # images have no seconds of audio to count MACs per
     assert report["dataset"]["split"] == "test" and report["synthetic"] is True
     assert report["overall"]["n"] == 200 and len(report["per_scene"]) == 100
 

@@ -99,18 +99,21 @@ def variant_of_recipe(recipe: Mapping) -> str:
     """A recipe's variant: its norm, then `+NAME` for each transform of its augment.transforms list after
     the start that the flat keys could have written (FLAT_TRANSFORMS, in their order). The run that
     `--variants bn+freq_mixstyle` trains (the recipe's own list spelled out, then freq_mixstyle) thus
-    reads back as bn+freq_mixstyle, and a run without a list as bn."""
+    reads back as bn+freq_mixstyle, and a run without a list as bn. A student trained with a teacher
+    (train.distill) ends in `+distill`, so it pairs with the same student trained without one."""
     norm = str(recipe.get("norm") or "?")
+    train = recipe.get("train")
+    distilled = ["distill"] if isinstance(train, Mapping) and train.get("distill") else []
     augment = recipe.get("augment")
     listed = augment.get("transforms") if isinstance(augment, Mapping) else None
     if not isinstance(listed, list):
-        return safe_name(norm)
+        return safe_name("+".join([norm, *distilled]))
     names = [str(t.get("name")) if isinstance(t, Mapping) else "?" for t in listed]
     start, last = 0, -1
     while start < len(names) and names[start] in FLAT_TRANSFORMS[last + 1:]:
         last = FLAT_TRANSFORMS.index(names[start])
         start += 1
-    return safe_name("+".join([norm, *names[start:]]))
+    return safe_name("+".join([norm, *names[start:], *distilled]))
 
 
 def variant_label(run_dir: str | os.PathLike, report: Mapping) -> str:

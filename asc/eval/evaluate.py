@@ -195,6 +195,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
         unit=task_of(recipe, recipe_path).unit,
     )
     report["model"] = size
+    if described.duration:
+        # what DCASE Task 1 limits, per second of audio, and whether the model fits (asc.complexity)
+        from asc.complexity import complexity
+
+        report["complexity"] = complexity(trained.model, tuple(int(v) for v in data.dataset[0][0].shape),
+                                          float(described.duration))
     # what `asc compare` checks before putting runs side by side
     report["scored_on"] = {"split": data.split, "dataset": name, "dataset_root": data.root,
                            "feature_hash": data.extra.get("feature_hash"), "epochs": run_info["epochs"],
@@ -267,6 +273,10 @@ def summary_lines(result: EvalResult) -> list[str]:
             lines.append(f"angles {a['note']}")
     else:
         lines.append("no labels in this split: wrote predictions only")
+    if isinstance(r.get("complexity"), Mapping):
+        from asc.complexity import describe
+
+        lines.append(f"complexity: {describe(r['complexity'])}")
     lines.append(f"wrote {result.out_dir / 'report.md'} (+ report.json, "
                  f"{sum(1 for f in result.files if f.suffix == '.png')} figures, predictions.csv)")
     return lines

@@ -258,6 +258,11 @@ def render_markdown(report: Mapping, figures: Sequence[str] = ()) -> str:
         lines.append(f"- Model size: {size['params']:,} parameters ({size['bytes_fp32'] / 1024:,.0f} KiB in "
                      f"float32, {size['bytes_fp16'] / 1024:,.0f} KiB in float16), "
                      f"{size['macs'] / 1e6:,.1f} M multiply-accumulates per {shape} input")
+    if isinstance(report.get("complexity"), Mapping):
+        from asc.complexity import describe
+
+        lines.append(f"- Complexity ({report['complexity']['limits'].get('task', 'DCASE')} counting, "
+                     f"{report['complexity']['clip_seconds']:g}-s clips): {describe(report['complexity'])}")
     scored = report.get("scored_on") or {}
     if scored.get("feature_hash"):
         lines.append(f"- Features: config hash `{scored['feature_hash']}`")
