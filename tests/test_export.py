@@ -194,9 +194,75 @@ def test_float16_weights_halve_the_file(run, onnx_export, wav, tmp_path):
     assert ratio < 0.7, ratio  # measured 0.63: the graph itself stays
     meta = json.loads((out / "export.json").read_text())
     assert meta["weights"] == "float16" and meta["check"]["max_abs_probability_diff"] < 1e-2
+    assert meta["quantization"]["accuracy"]["same_top_class"] > 0.9  # scored against float32 on data too
     a, b = Predictor.from_export(out).predict(wav), Predictor.from_run(run).predict(wav)
     assert a.scene == b.scene
     assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities) < 1e-2
+
+
+def test_int8_export_is_scored_before_and_after_on_the_evaluation_split(run, onnx_export, wav, tiny_run,
+                                                                        tmp_path, capsys):
+    """Static int8: Convs on int8 weights (one scale per output channel, each weight within half a step
+    of its float value), standard operators only, and the accuracy change in export.json and the model
+    card equals what the float32 and int8 graphs score on the cache's evaluation clips, per device."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from asc.features.dataset import load_split_arrays
+    from asc.predict import Predictor
+
+    out = tmp_path / "int8"
+    assert main(["export", str(run), "--quantize", "int8", "--calibration", "12", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 against float32 on split evaluate (40 clips): accuracy" in printed
+    model = onnx.load(str(out / "model.onnx"))
+    nodes = list(model.graph.node)
+    assert {n.domain for n in nodes} <= {"", "ai.onnx"}
+    assert {"QuantizeLinear", "DequantizeLinear", "ReduceL2"} <= {n.op_type for n in nodes}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    full = onnx.load(str(onnx_export / "model.onnx"))
+    floats = {i.name: numpy_helper.to_array(i) for i in full.graph.initializer}
+    conv_weights = [floats[n.input[1]] for n in full.graph.node if n.op_type == "Conv"]
+    dequant = {n.output[0]: n for n in nodes if n.op_type == "DequantizeLinear"}
+    int8_convs = [dequant[n.input[1]] for n in nodes if n.op_type == "Conv"]  # weights come out of one
+    assert len(int8_convs) == len(conv_weights)
+    checked = 0
+    for w, node in zip(conv_weights, int8_convs):  # the graphs keep the order of the layers
+        q, scale = inits[node.input[0]], inits[node.input[1]]
+        assert q.dtype == np.int8 and q.shape == w.shape and scale.shape == (q.shape[0],)  # per channel
+        restored = q.astype(np.float64) * scale.reshape(-1, *[1] * (q.ndim - 1))
+        assert np.all(np.abs(restored - w) <= scale.reshape(-1, *[1] * (q.ndim - 1)) / 2 + 1e-7)
+        checked += 1
+    assert checked == len(conv_weights) > 0
+
+    meta = json.loads((out / "export.json").read_text())
+    record = meta["quantization"]
+    assert meta["weights"] == "int8" and record["calibration"]["clips"] == 12
+    x, y, devices = load_split_arrays(tiny_run["cache_dir"], "evaluate")
+    sessions = {name: ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+                for name, folder in (("before", onnx_export), ("after", out))}
+    logits = {name: session.run(["logits"], {"logmel": x})[0] for name, session in sessions.items()}
+    change = record["accuracy"]
+    assert change["clips"] == len(y) == 40
+    for when in ("before", "after"):
+        pred = logits[when].argmax(1)
+        assert change[when]["overall"]["accuracy"] == pytest.approx(float(np.mean(pred == y)))
+        for device, scores in change[when]["per_device"].items():
+            mask = np.asarray(devices) == device
+            assert scores["n"] == int(mask.sum())
+            if mask.any():
+                assert scores["accuracy"] == pytest.approx(float(np.mean(pred[mask] == y[mask])))
+    same = float(np.mean(logits["before"].argmax(1) == logits["after"].argmax(1)))
+    assert change["same_top_class"] == pytest.approx(same)
+    card = (out / "README.md").read_text()
+    assert "## Quantization (int8)" in card and "| device s4 |" in card and "Calibrated on 12 clips" in card
+    assert Predictor.from_export(out).predict(wav).probabilities  # scores audio like any export
+
+    code = main(["export", str(run), "--quantize", "int8", "--calibration", "0",
+                 "--out", str(tmp_path / "z")])
+    _one_line_error(capsys, code, "--calibration 0")
+    assert not (tmp_path / "z").exists()
 
 
 def test_an_earlier_export_is_replaced_whole(run, onnx_export, tmp_path):

@@ -93,8 +93,9 @@ def test_a_variant_is_the_norm_plus_what_the_list_adds_to_the_flat_keys_start():
     assert variant_of_recipe(odd) == "bn+a_.._b_c"  # a plain name, whatever the file says
     teacher = {"teacher": "teachers/x3", "lambda": 0.02, "temperature": 2.0}
     assert variant_of_recipe({"norm": "l2bn", "train": {"distill": teacher}}) == "l2bn+distill"
-    assert variant_of_recipe({"norm": "bn", "train": {"distill": teacher},
-                              "augment": {"transforms": [{"name": "freq_mixstyle"}]}}) == "bn+freq_mixstyle+distill"
+    mixstyle = {"transforms": [{"name": "freq_mixstyle"}]}
+    assert variant_of_recipe({"norm": "bn", "train": {"distill": teacher}, "augment": mixstyle}) == \
+        "bn+freq_mixstyle+distill"
     assert variant_of_recipe({"norm": "bn", "train": {"distill": None}}) == "bn"
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 EXPORT_FORMAT = "asc-export/1"
 #: format -> model file name
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-#: storage precisions `--quantize` offers (int8 needs calibration data and is not offered)
-QUANTIZE = ("float16",)
+#: what `--quantize` offers: float16 weights (float32 arithmetic), static int8 (asc.export.quantize)
+QUANTIZE = ("float16", "int8")
+#: training clips that calibrate int8 activation ranges (spread over the classes)
+CALIBRATION_CLIPS = 256
 SUMS_FILE = "SHA256SUMS"
 META_FILE = "export.json"
 FEATURES_FILE = "features.yaml"
@@ -40,5 +42,5 @@ def is_export(path: str | os.PathLike) -> bool:
     return path.is_dir() and ((path / SUMS_FILE).is_file() or (path / META_FILE).is_file())
 
 
-__all__ = ["CARD_FILE", "DATASET_FILE", "EXPORT_FORMAT", "FEATURES_FILE", "INPUT_NAME", "META_FILE",
-           "MODEL_FILES", "OUTPUT_NAME", "QUANTIZE", "SUMS_FILE", "is_export"]
+__all__ = ["CALIBRATION_CLIPS", "CARD_FILE", "DATASET_FILE", "EXPORT_FORMAT", "FEATURES_FILE", "INPUT_NAME",
+           "META_FILE", "MODEL_FILES", "OUTPUT_NAME", "QUANTIZE", "SUMS_FILE", "is_export"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from asc.errors import AscError, ConfigError
 from asc.export import (
+    CALIBRATION_CLIPS,
     CARD_FILE,
     DATASET_FILE,
     EXPORT_FORMAT,
@@ -47,9 +48,12 @@ CHECK_BATCH = 3
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "onnx", *,
-               checkpoint: str = "best", quantize: str | None = None) -> dict:
-    """Export the run's `checkpoint` to the folder `out` as `fmt` (onnx or torchscript); `quantize`
-    "float16" stores ONNX weights in float16 (computed in float32). Returns export.json's record."""
+               checkpoint: str = "best", quantize: str | None = None,
+               calibration: int = CALIBRATION_CLIPS) -> dict:
+    """Export the run's `checkpoint` to the folder `out` as `fmt` (onnx or torchscript). `quantize`
+    "float16" stores ONNX weights in float16 (computed in float32), "int8" quantizes the graph
+    statically with activation ranges from `calibration` training clips; either is then scored against
+    the float32 graph on the run's evaluation split. Returns export.json's record."""
     from asc import runs
     from asc.complexity import complexity
     from asc.features.logmel import feature_hash, feature_shape
@@ -58,11 +62,10 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "o
     if fmt not in MODEL_FILES:
         raise ConfigError(f"--format must be one of {', '.join(MODEL_FILES)}, got {fmt!r}")
     if quantize is not None and quantize not in QUANTIZE:
-        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r} (int8 needs "
-                          "calibration data and is not offered)")
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     if quantize is not None and fmt != "onnx":
-        raise ConfigError(f"--quantize {quantize}: stored weights in float16 are offered for --format onnx "
-                          "only; a TorchScript export keeps float32")
+        raise ConfigError(f"--quantize {quantize}: quantized weights are offered for --format onnx only; a "
+                          "TorchScript export keeps float32")
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise AscError(f"{run_dir}: no such run folder")
@@ -89,10 +92,17 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "o
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         model_file = MODEL_FILES[fmt]
-        _write_model(model, shape, tmp / model_file, fmt, quantize, run_dir)
+        if quantize is None:
+            _write_model(model, shape, tmp / model_file, fmt, run_dir)
+            quantized = None
+        else:
+            quantized = _quantized_model(model, shape, tmp, tmp / model_file, quantize, calibration,
+                                         run_dir, trained.recipe, task)
         check = _check_export(model, shape, tmp / model_file, fmt, quantize, run_dir)
         meta = _record(run_dir, trained, task, features, classes, shape, size, fmt, quantize, check,
                        feature_hash(features), tmp / model_file, checkpoint)
+        if quantized is not None:
+            meta["quantization"] = quantized
         report = _report(run_dir)
         files = _write_texts(tmp, features, description, meta, report, out)
         _fsync(tmp / model_file)
@@ -106,8 +116,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "o
 
 # ------------------------------------------------------------------------------------- the model file
 
-def _write_model(model: Any, shape: tuple[int, ...], path: Path, fmt: str, quantize: str | None,
-                 run_dir: Path) -> None:
+def _write_model(model: Any, shape: tuple[int, ...], path: Path, fmt: str, run_dir: Path) -> None:
     import torch
 
     from asc.nn import _kernels
@@ -133,8 +142,45 @@ def _write_model(model: Any, shape: tuple[int, ...], path: Path, fmt: str, quant
                            ) from None
     if fmt == "onnx":
         _check_plain_operators(path)
-        if quantize == "float16":
-            _float16_weights(path)
+
+
+def _quantized_model(model: Any, shape: tuple[int, ...], folder: Path, path: Path, quantize: str,
+                     calibration: int, run_dir: Path, recipe: Mapping, task: Any) -> dict:
+    """Write the float32 graph beside `path`, check it as any float32 export, quantize it into `path`,
+    score both on the run's evaluation split and return export.json's `quantization` record."""
+    from asc.export.quantize import METHOD, calibration_batches, compare_precisions, quantize_int8
+    from asc.tasks import recipe_value
+
+    recipe_path = run_dir / "recipe.yaml"
+    plain = folder / f".float32.{path.name}"
+    _write_model(model, shape, plain, "onnx", run_dir)
+    _check_export(model, shape, plain, "onnx", None, run_dir)
+    record: dict[str, Any] = {"weights": quantize}
+    if quantize == "int8":
+        split = recipe_value(recipe, "data.train_split", recipe_path, default="train")
+        train = task.split(recipe, split, recipe_path)
+        batches, n = calibration_batches(train.dataset, train.labels, calibration)
+        quantize_int8(plain, path, batches, INPUT_NAME)
+        _check_plain_operators(path)
+        record.update(method=METHOD, calibration={"split": split, "clips": n,
+                                                   "selection": "spread over the classes, whole clips"})
+    else:
+        shutil.copyfile(plain, path)
+        _float16_weights(path)
+        record["method"] = "float32 weights stored as float16, cast back to float32 in the graph"
+    split = recipe_value(recipe, "data.eval_split", recipe_path, default="evaluate")
+    try:
+        data = task.split(recipe, split, recipe_path)
+    except AscError as exc:
+        if quantize == "int8":
+            raise
+        print(f"warning: {exc}; the float16 export is not scored on data", file=sys.stderr)
+        record["accuracy"] = None
+    else:
+        record["accuracy"] = compare_precisions(plain, path, data, shape, desc=f"score {split}")
+    record["file_bytes"] = {"float32": plain.stat().st_size, quantize: path.stat().st_size}
+    plain.unlink()
+    return record
 
 
 def _check_plain_operators(path: Path) -> None:
@@ -336,7 +382,9 @@ def model_card(meta: Mapping, description: Any, report: Mapping | None, out: Pat
         "## Use", "", "```bash", f"asc predict {out} recording.wav --out predictions.csv", "```", "",
         f"From Python: `Predictor.from_export(\"{out}\")` (asc.predict). Both check `{SUMS_FILE}` first.", "",
         f"- File: `{meta['model_file']}`, {fmt}" + (f" (opset {opset})" if opset else "")
-        + f", weights stored in {meta['weights']}, computed in float32.",
+        + f", weights stored in {meta['weights']}, "
+        + ("convolutions and matrix products computed in int8, the rest in float32."
+           if meta["weights"] == "int8" else "computed in float32."),
         f"- Input `{meta['input']['name']}`: float32 (batch, {shape}) log-mel features of "
         f"{meta['clip_seconds']:g}-s windows, computed on the host as `{FEATURES_FILE}` says (the STFT is "
         "not in the graph).",
@@ -356,6 +404,7 @@ def model_card(meta: Mapping, description: Any, report: Mapping | None, out: Pat
         f"Limits: {limits['param_bytes'] // 1024} KiB of parameters, "
         f"{limits['macs_per_second'] / 1e6:g} M MACs per second of audio. {describe(size)}. MACs per "
         f"second are the MACs of one {size['clip_seconds']:g}-s clip divided by its length.", ""]
+    lines += _quantization(meta.get("quantization"))
     lines += _accuracy(report, src)
     lines += ["## Training", ""]
     lines.append(f"- Command: `{src['command']}`" if src.get("command") else
@@ -372,6 +421,36 @@ def model_card(meta: Mapping, description: Any, report: Mapping | None, out: Pat
     lines += ["", "## Files", "", f"`{SUMS_FILE}` holds the sha256 of every other file (`sha256sum -c "
               f"{SUMS_FILE}` checks them); `{META_FILE}` records all of the above as JSON.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _quantization(record: Mapping | None) -> list[str]:
+    """The quantized graph against the float32 one it came from, on the run's evaluation split."""
+    from asc.export.quantize import accuracy_rows
+
+    if not record:
+        return []
+    lines = [f"## Quantization ({record['weights']})", "", f"{record['method']}."]
+    sizes = record.get("file_bytes") or {}
+    if len(sizes) == 2:
+        lines[-1] += (f" Model file: {sizes['float32'] / 1024:,.0f} KiB in float32, "
+                      f"{sizes[record['weights']] / 1024:,.0f} KiB {record['weights']}.")
+    cal = record.get("calibration")
+    if cal:
+        lines[-1] += f" Calibrated on {cal['clips']} clips of split `{cal['split']}` ({cal['selection']})."
+    change = record.get("accuracy")
+    if not change:
+        return lines + ["", "Not scored on data: the run's feature cache was not found at export time.", ""]
+    lines += ["", f"Both graphs scored on split `{change['split']}` ({change['clips']} whole clips): "
+              f"same top class on {100 * change['same_top_class']:.2f} %, largest logit difference "
+              f"{change['max_abs_logit_diff']:.3g}.", ""]
+    if not change.get("before"):
+        return lines + ["The split has no labels, so there are no accuracies.", ""]
+    lines += ["| | float32 accuracy % | " + f"{record['weights']} accuracy % | change (points) | clips |",
+              "|---|---|---|---|---|"]
+    for name, before, after, n in accuracy_rows(change):
+        diff = "-" if before is None or after is None else f"{100 * (after - before):+.2f}"
+        lines.append(f"| {name} | {_pct(before)} | {_pct(after)} | {diff} | {n} |")
+    return lines + [""]
 
 
 def _accuracy(report: Mapping | None, src: Mapping) -> list[str]:
