@@ -600,10 +600,11 @@ class Predictor:
 
 
 def default_workers() -> int:
-    """One process: measured on the shared 2-CPU machine, the feature process made prediction slower
-    (30 against 40 files/s, BENCHMARKS.md), so it stays opt-in (`--workers 1`) until a measurement on
-    an idle machine shows it faster."""
-    return 0
+    """A feature process when this process may run on at least 2 CPUs: on the idle 2-CPU machine it
+    scored 1.26x to 1.61x the files per second of one process (BENCHMARKS.md, 2026-12-06). On one CPU
+    the two processes would only take turns."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cpus >= 2 else 0
 
 
 def check_workers(workers: Any) -> int:
@@ -713,9 +714,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "evaluation_setup/) is named as the dataset's lists name it, e.g. audio/0.wav; "
                         "as-given: every file as given on the command line")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="1: decode and compute features in a second process while this one runs the "
-                        "model, overlapping the two; 0 (default): both in one process (files that fill "
-                        "one batch of windows take one process either way)")
+                   help="1 (default with 2 or more CPUs): decode and compute features in a second process "
+                        "while this one runs the model, overlapping the two; 0 (default on one CPU): both "
+                        "in one process. The probabilities are the same either way; files that fill one "
+                        "batch of windows take one process")
     p.add_argument("--skip-bad", action="store_true",
                    help="score the other files when some cannot be read, and list the bad ones at the end")
     p.set_defaults(func=run)

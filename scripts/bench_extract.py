@@ -24,10 +24,10 @@ import multiprocessing as mp  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from benchtime import best_time  # noqa: E402  (scripts/ is on the path when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ROOT / "features" / "logmel128_deltas.yaml"
@@ -55,15 +55,6 @@ def librosa_per_file(path: str) -> np.ndarray:
     d1 = deltas(logmel)
     d2 = deltas(d1)
     return np.stack([logmel[:, 4:-4], d1[:, 2:-2], d2]).astype(np.float32)
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run_pool(func, paths: list[str], procs: int) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from bench_extract import best_time  # scripts/ is on the path when a script runs
+from benchtime import best_time  # scripts/ is on the path when a script runs
 
 from asc.features.logmel import bind_duration, load_feature_config
 from asc.models import create_model
