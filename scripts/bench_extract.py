@@ -57,6 +57,76 @@ def librosa_per_file(path: str) -> np.ndarray:
     return np.stack([logmel[:, 4:-4], d1[:, 2:-2], d2]).astype(np.float32)
 
 
+def stage_profile(paths: list[str], cfg: dict, repeats: int) -> list[tuple[str, float]]:
+    """Milliseconds per clip of each stage of one clip's extraction, on one core, best of `repeats`:
+    where an extraction's time goes beyond decoding."""
+    import torch
+
+    from asc.data import audio
+    from asc.features.logmel import (
+        LogMelExtractor,
+        _tame,
+        bind_duration,
+        delta_n,
+        deltas,
+        fit_length,
+        num_samples,
+    )
+
+    cfg = bind_duration(cfg, 10.0)
+    ext = LogMelExtractor(cfg)
+    c, n = ext.cfg, delta_n(cfg)
+    state: dict = {}
+
+    def header():
+        for p in paths:
+            audio.check_audio(p, 10.0)
+
+    def load():
+        state["waves"] = [fit_length(audio.load_audio(p, sr=int(c["sample_rate"]), duration=10.0),
+                                     num_samples(c)) for p in paths]
+
+    def stft():
+        state["spec"] = [torch.stft(_tame(torch.from_numpy(w).unsqueeze(0))[0], n_fft=c["n_fft"],
+                                    hop_length=c["hop_length"], win_length=c["win_length"], window=ext.window,
+                                    center=c["center"], pad_mode=c["pad_mode"], return_complex=True)
+                         for w in state["waves"]]
+
+    def power():
+        state["mag"] = [s.real.square() + s.imag.square() for s in state["spec"]]
+
+    def mel():
+        state["mel"] = [ext._mel(m) for m in state["mag"]]
+
+    def log():
+        state["log"] = [torch.log(m + c["log_offset"]) for m in state["mel"]]
+
+    def delta():
+        out = []
+        for lm in state["log"]:
+            d1 = deltas(lm, n)
+            d2 = deltas(d1, n)
+            t = lm.shape[-1]
+            out.append(torch.stack([lm[..., 2 * n:t - 2 * n], d1[..., n:t - 3 * n], d2], dim=1))
+        state["feats"] = out
+
+    def store():
+        for f in state["feats"]:
+            f[0].to(torch.float16).numpy().tobytes()
+
+    stages = [("decode only (soundfile.read float32)", lambda: [decode_only(p) for p in paths]),
+              ("header check (asc.data.audio.check_audio)", header),
+              ("decode + fit (asc.data.audio.load_audio)", load), ("STFT", stft), ("power", power),
+              ("mel (sparse filterbank)", mel), ("log", log), ("deltas + stack", delta),
+              ("float16 cast + bytes", store)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [(name, 1000 * best_time(fn, repeats) / len(paths)) for name, fn in stages]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_pool(func, paths: list[str], procs: int) -> None:
     if procs == 1:
         for p in paths:
@@ -80,7 +150,7 @@ def main() -> int:
 
     from asc.data.tau2020 import load_tau2020
     from asc.features.extract import clips_from_dataset, extract
-    from asc.features.logmel import load_feature_config
+    from asc.features.logmel import bind_duration, load_feature_config
 
     load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
@@ -99,7 +169,7 @@ def main() -> int:
         seconds = [decode_only(c.path) / 44100 for c in clips]  # also warms the page cache
         clips = [dataclasses.replace(c, id=f"{c.id}-{k}") for k in range(args.passes) for c in clips]
         paths = [c.path for c in clips]
-        cfg = load_feature_config(FEATURES)
+        cfg = bind_duration(load_feature_config(FEATURES), 10.0)  # the synthetic clips are 10 s
         n = len(paths)
         librosa_per_file(paths[0])  # numba/librosa warm-up
 
@@ -138,6 +208,16 @@ def main() -> int:
         print(f"{'method':58s} {'files/s':>8s} {'x librosa(1)':>13s} {'x decode(1)':>12s}")
         for name, rate in rows:
             print(f"{name:58s} {rate:8.1f} {rate / lib1:13.2f} {rate / dec1:12.2f}")
+        profile = stage_profile(paths[: args.clips], cfg, args.repeats)
+        ours_ms = sum(ms for name, ms in profile[1:])
+        print(f"\nwhere one clip's time goes, one core, {min(n, args.clips)} clips, best of {args.repeats}:")
+        print(f"{'stage':58s} {'ms/clip':>8s} {'share':>8s}")
+        for name, ms in profile:
+            share = "" if name.startswith("decode only") else f"{ms / ours_ms:8.0%}"
+            print(f"{name:58s} {ms:8.2f} {share}")
+        print(f"{'sum of the stages of asc extract':58s} {ours_ms:8.2f}")
+        print(f"ceiling of extraction / decode-only on the same cores: {profile[0][1] / ours_ms:.0%} "
+              "(decoding is one part of an extraction's work)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
