@@ -30,6 +30,8 @@ _PREFETCH_BYTES = 256 << 20
 #: messages (each at most batch_size windows) the feature process may have ready ahead of the model:
 #: enough to keep it busy during a forward pass, few enough that memory stays bounded
 _PIPELINE_AHEAD = 2
+#: windows in the first batch of a run of files (later ones hold batch_size)
+_FIRST_BATCH = 4
 #: the most windows per forward pass (one window's published features are 0.66 MB in float32)
 MAX_BATCH_SIZE = 1024
 #: an array's first axis longer than this is samples, not channels (see predict_waveform)
@@ -244,9 +246,13 @@ class Predictor:
         files: list = []
         owners: list[tuple[int, int]] = []
         segments: list[Any] = []
+        # a short first batch: the model starts as soon as a few windows are ready instead of waiting
+        # for a whole batch of features, which nothing can overlap
+        limit = min(self.batch_size, _FIRST_BATCH)
 
         def cut() -> _Message:
-            nonlocal files, owners, segments
+            nonlocal files, owners, segments, limit
+            limit = self.batch_size
             windows = (self._features(segments) if features else list(segments)) if segments else None
             message = _Message(files, owners, windows)
             files, owners, segments = [], [], []
@@ -264,7 +270,7 @@ class Predictor:
             for j, start in enumerate(starts):
                 segments.append(self._segment(wave, start))
                 owners.append((i, j))
-                if len(segments) >= self.batch_size:
+                if len(segments) >= limit:
                     yield cut()
         if files or segments:
             yield cut()

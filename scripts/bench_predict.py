@@ -18,6 +18,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ def main() -> None:
 
         decode = best_time(lambda: [predictor.load(p) for p in paths], args.repeats)
         parts = best_time(decode_features, args.repeats), best_time(model_only, args.repeats)
+        contended = beside(model_only, decode_features, args.repeats)
         torch.set_num_threads(threads)
         whole = {workers: best_time(lambda w=workers: predictor.predict_many(paths, show_progress=False,
                                                                              workers=w), args.repeats)
@@ -92,6 +94,7 @@ def main() -> None:
             ("decode + features, one clip at a time, 1 thread", parts[0]),
             ("model only (precomputed features), 1 thread", parts[1]),
             ("bound: the slower part", bound),
+            ("model only, while features run in another process", contended),
             ("asc predict --workers 1 (pipelined)", whole[1]),
             ("asc predict --workers 0 (one process)", whole[0])]
     for name, seconds in rows:
@@ -103,6 +106,26 @@ def main() -> None:
                    "--batch", "32", "--width-mult", "0.125", "--models", "fcnn"]
         print("training, the same run:", " ".join(["scripts/bench_train.py", *command[2:]]), flush=True)
         subprocess.run(command, check=True)
+
+
+def beside(timed, other, repeats: int) -> float:
+    """Best time of `timed` while a forked process runs `other` over and over on the other core: what
+    a stage of the pipeline gets when both cores are busy (shared caches and memory bandwidth)."""
+    import multiprocessing as mp
+
+    def loop() -> None:
+        torch.set_num_threads(1)
+        while True:
+            other()
+
+    proc = mp.get_context("fork").Process(target=loop, daemon=True)
+    proc.start()
+    try:
+        time.sleep(0.5)  # the other process under way first
+        return best_time(timed, repeats)
+    finally:
+        proc.terminate()
+        proc.join()
 
 
 def _cpus() -> int:
