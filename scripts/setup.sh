@@ -34,7 +34,7 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 log=.venv/setup.log
 echo "[setup] torch, torchaudio and the package's dependencies (log: $log)" >&2
 if ! { "${pip[@]}" install "${TORCH_SPEC:-torch==2.14.1}" "${TORCHAUDIO_SPEC:-torchaudio==2.11.0}" &&
-       "${pip[@]}" install -e ".[dev]"; } >"$log" 2>&1; then
+       "${pip[@]}" install -e ".[dev,onnx]"; } >"$log" 2>&1; then
   tail -n 30 "$log" >&2
   echo "[setup] installation failed; the full pip output is in $log" >&2
   exit 1

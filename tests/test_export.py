@@ -372,6 +372,20 @@ def test_export_refusals_are_one_line(run, tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
+def test_without_the_onnx_extra_export_and_predict_say_what_to_install(run, onnx_export, wav, monkeypatch,
+                                                                         capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    code = main(["export", str(run), "--out", str(run.parent / "no_onnx")])
+    _one_line_error(capsys, code, "asc export --format onnx needs onnx, onnxruntime, onnxscript",
+                    'pip install "asc-l2bn[onnx]"')
+    code = main(["predict", str(onnx_export), str(wav)])
+    _one_line_error(capsys, code, "scoring an ONNX export needs onnxruntime", 'pip install "asc-l2bn[onnx]"')
+
+
 def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])

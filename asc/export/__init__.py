@@ -36,6 +36,18 @@ INPUT_NAME = "logmel"
 OUTPUT_NAME = "logits"
 
 
+def require_onnx(why: str, modules: tuple[str, ...] = ("onnx", "onnxruntime", "onnxscript")) -> None:
+    """AscError in one line when optional ONNX packages are missing (`pip install "asc-l2bn[onnx]"`)."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        from asc.errors import AscError
+
+        raise AscError(f"{why} needs {', '.join(missing)}, an optional part of asc-l2bn: pip install "
+                       "\"asc-l2bn[onnx]\" (or use --format torchscript)")
+
+
 def is_export(path: str | os.PathLike) -> bool:
     """Whether `path` is (or claims to be) an export folder rather than a run folder."""
     path = Path(path)
@@ -43,4 +55,4 @@ def is_export(path: str | os.PathLike) -> bool:
 
 
 __all__ = ["CALIBRATION_CLIPS", "CARD_FILE", "DATASET_FILE", "EXPORT_FORMAT", "FEATURES_FILE", "INPUT_NAME",
-           "META_FILE", "MODEL_FILES", "OUTPUT_NAME", "QUANTIZE", "SUMS_FILE", "is_export"]
+           "META_FILE", "MODEL_FILES", "OUTPUT_NAME", "QUANTIZE", "SUMS_FILE", "is_export", "require_onnx"]

@@ -22,6 +22,7 @@ from asc.export import (
     MODEL_FILES,
     OUTPUT_NAME,
     SUMS_FILE,
+    require_onnx,
 )
 
 _SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
@@ -189,6 +190,7 @@ def load_export(folder: str | os.PathLike, device: str | None = "cpu") -> Loaded
     shape = tuple(int(v) for v in (meta.get("input") or {}).get("shape", [None])[1:])
     model_path = folder / str(meta["model_file"])
     if meta["model_format"] == "onnx":
+        require_onnx(f"{folder}: scoring an ONNX export", ("onnxruntime",))
         device = "cpu" if device in (None, "auto") else device
         model: Any = OnnxModel(model_path, shape, device)
     else:

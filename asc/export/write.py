@@ -38,6 +38,7 @@ from asc.export import (
     QUANTIZE,
     SUMS_FILE,
     is_export,
+    require_onnx,
 )
 from asc.fileio import atomic_write_text
 
@@ -66,6 +67,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "o
     if quantize is not None and fmt != "onnx":
         raise ConfigError(f"--quantize {quantize}: quantized weights are offered for --format onnx only; a "
                           "TorchScript export keeps float32")
+    if fmt == "onnx":
+        require_onnx("asc export --format onnx")
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise AscError(f"{run_dir}: no such run folder")
