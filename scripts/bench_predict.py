@@ -1,7 +1,7 @@
 """Throughput of `asc predict` on 10-s files, with the parts it is made of side by side.
 
     python scripts/bench_predict.py                                  # untrained quick FCNN, 96 files
-    python scripts/bench_predict.py --run exp/dcase2020_quick/fcnn_quick_l2bn_seed0 --files 192
+    python scripts/bench_predict.py --run exp/dcase2020_quick/fcnn_quick_l2bn_seed0 --files 192  # + export
 
 Files are 10-s mono 44.1-kHz 24-bit WAVs (noise and tones) written to a temp folder. Timed, best of
 `--repeats`: decoding alone; the two parts of prediction, each on ONE torch thread (decode + features
@@ -86,6 +86,14 @@ def main() -> None:
         whole = {workers: best_time(lambda w=workers: predictor.predict_many(paths, show_progress=False,
                                                                              workers=w), args.repeats)
                  for workers in (1, 0)}
+        exported = None
+        if args.run:  # the same run exported to ONNX, scored the same way through onnxruntime
+            from asc.export.write import export_run
+
+            export_run(args.run, Path(tmp) / "export")
+            from_export = Predictor.from_export(Path(tmp) / "export", batch_size=args.batch_size)
+            exported = best_time(lambda: from_export.predict_many(paths, show_progress=False, workers=1),
+                                 args.repeats)
     bound = max(parts)
     print(f"torch {torch.__version__}, {threads} threads ({_cpus()} CPUs), {args.files} files of 10 s, "
           f"batch {args.batch_size}, best of {args.repeats}")
@@ -97,6 +105,8 @@ def main() -> None:
             ("model only, while features run in another process", contended),
             ("asc predict --workers 1 (pipelined)", whole[1]),
             ("asc predict --workers 0 (one process)", whole[0])]
+    if exported is not None:
+        rows.append(("asc predict EXPORT (ONNX, onnxruntime), --workers 1", exported))
     for name, seconds in rows:
         print(f"{name:<46} {args.files / seconds:>9.1f} {bound / seconds:>9.2f}")
     print(f"pipelined: {args.files / whole[1]:.1f} files/s, {bound / whole[1]:.0%} of the bound "

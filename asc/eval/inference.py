@@ -48,7 +48,7 @@ def infer(model: nn.Module, batches: Iterable[Any], *, device: torch.device | st
             x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) else (batch, None)
             x = x.to(device, non_blocking=True)
             x = transform(x) if transform is not None else x.float()
-            if x.dim() == 4:
+            if x.dim() == 4 and isinstance(model, nn.Module):  # an onnxruntime graph takes NCHW as it is
                 x = x.contiguous(memory_format=torch.channels_last)  # see the module doc
             if logits and embed:
                 z, e = model.forward_with_embedding(x)

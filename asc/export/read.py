@@ -106,7 +106,6 @@ class OnnxModel:
 
     def __init__(self, path: str | os.PathLike, input_shape: tuple[int, ...], device: str = "cpu") -> None:
         import onnxruntime as ort
-        import torch
 
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
@@ -115,7 +114,9 @@ class OnnxModel:
                                "(or install onnxruntime-gpu)")
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        # one thread, as the torch model in asc predict: the other core computes the features, and the
+        # probabilities do not depend on how many cores the machine has
+        options.intra_op_num_threads = 1
         options.log_severity_level = 3
         self.path = Path(path)
         self.input_shape = tuple(int(v) for v in input_shape)
