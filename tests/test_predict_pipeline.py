@@ -184,6 +184,26 @@ def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor
     assert p.predict(path).to_dict() == serial[0].to_dict()  # predict: the same bits, in this process
 
 
+def test_the_first_message_is_short_so_the_model_starts_early(predictor, tmp_path, paths_used):
+    """21 windows in batches of 8: a first message of 4 windows, then full batches; same bits as ever."""
+    path = tmp_path / "long.wav"
+    sf.write(path, _tone(3.0), SR)
+    p = _variant(predictor, hop=0.1, batch_size=8)
+    piped, _ = p.predict_many([path], show_progress=False, workers=1)
+    assert [m.windows.shape[0] for m in paths_used["messages"]] == [4, 8, 8, 1]
+    serial, _ = p.predict_many([path], show_progress=False, workers=0)
+    assert piped[0].to_dict() == serial[0].to_dict()
+
+
+def test_the_feature_process_is_the_default_with_two_cpus(monkeypatch):
+    from asc import predict
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert predict.default_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert predict.default_workers() == 0  # on one CPU the two processes would only take turns
+
+
 def _csv(path):
     with open(path, newline="") as fh:
         return list(csv.reader(fh, delimiter="\t"))
