@@ -58,73 +58,63 @@ def librosa_per_file(path: str) -> np.ndarray:
 
 
 def stage_profile(paths: list[str], cfg: dict, repeats: int) -> list[tuple[str, float]]:
-    """Milliseconds per clip of each stage of one clip's extraction, on one core, best of `repeats`:
-    where an extraction's time goes beyond decoding."""
+    """Milliseconds per clip of each stage of one clip's extraction, clip after clip on one core as a
+    worker runs them (buffers of one clip at a time), best of `repeats` passes per stage: where an
+    extraction's time goes beyond decoding."""
+    import time
+
     import torch
 
     from asc.data import audio
-    from asc.features.logmel import (
-        LogMelExtractor,
-        _tame,
-        bind_duration,
-        delta_n,
-        deltas,
-        fit_length,
-        num_samples,
-    )
+    from asc.features.compute import _keep_large_buffers
+    from asc.features.logmel import LogMelExtractor, _tame, delta_n, deltas, fit_length, num_samples
 
-    cfg = bind_duration(cfg, 10.0)
     ext = LogMelExtractor(cfg)
     c, n = ext.cfg, delta_n(cfg)
-    state: dict = {}
 
-    def header():
-        for p in paths:
-            audio.check_audio(p, 10.0)
+    def stages(path: str):
+        audio.check_audio(path, float(c["duration"]))
+        yield "header check (asc.data.audio.check_audio)"
+        wave = fit_length(audio.load_audio(path, sr=int(c["sample_rate"]), duration=float(c["duration"])),
+                          num_samples(c))
+        yield "decode + fit (asc.data.audio.load_audio)"
+        x = _tame(torch.from_numpy(wave).unsqueeze(0))[0]
+        spec = torch.stft(x, n_fft=c["n_fft"], hop_length=c["hop_length"], win_length=c["win_length"],
+                          window=ext.window, center=c["center"], pad_mode=c["pad_mode"], return_complex=True)
+        yield "STFT"
+        mag = spec.real.square() + spec.imag.square()
+        yield "power"
+        mel = ext._mel(mag)
+        yield "mel (sparse filterbank)"
+        lm = torch.log(mel + c["log_offset"])
+        yield "log"
+        d1 = deltas(lm, n)
+        d2 = deltas(d1, n)
+        t = lm.shape[-1]
+        feats = torch.stack([lm[..., 2 * n:t - 2 * n], d1[..., n:t - 3 * n], d2], dim=1)
+        yield "deltas + stack"
+        feats[0].to(torch.float16).numpy().tobytes()
+        yield "float16 cast + bytes"
 
-    def load():
-        state["waves"] = [fit_length(audio.load_audio(p, sr=int(c["sample_rate"]), duration=10.0),
-                                     num_samples(c)) for p in paths]
-
-    def stft():
-        state["spec"] = [torch.stft(_tame(torch.from_numpy(w).unsqueeze(0))[0], n_fft=c["n_fft"],
-                                    hop_length=c["hop_length"], win_length=c["win_length"], window=ext.window,
-                                    center=c["center"], pad_mode=c["pad_mode"], return_complex=True)
-                         for w in state["waves"]]
-
-    def power():
-        state["mag"] = [s.real.square() + s.imag.square() for s in state["spec"]]
-
-    def mel():
-        state["mel"] = [ext._mel(m) for m in state["mag"]]
-
-    def log():
-        state["log"] = [torch.log(m + c["log_offset"]) for m in state["mel"]]
-
-    def delta():
-        out = []
-        for lm in state["log"]:
-            d1 = deltas(lm, n)
-            d2 = deltas(d1, n)
-            t = lm.shape[-1]
-            out.append(torch.stack([lm[..., 2 * n:t - 2 * n], d1[..., n:t - 3 * n], d2], dim=1))
-        state["feats"] = out
-
-    def store():
-        for f in state["feats"]:
-            f[0].to(torch.float16).numpy().tobytes()
-
-    stages = [("decode only (soundfile.read float32)", lambda: [decode_only(p) for p in paths]),
-              ("header check (asc.data.audio.check_audio)", header),
-              ("decode + fit (asc.data.audio.load_audio)", load), ("STFT", stft), ("power", power),
-              ("mel (sparse filterbank)", mel), ("log", log), ("deltas + stack", delta),
-              ("float16 cast + bytes", store)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    _keep_large_buffers()  # as in the extraction workers
+    best: dict[str, float] = {"decode only (soundfile.read float32)": best_time(
+        lambda: [decode_only(p) for p in paths], repeats)}
     try:
-        return [(name, 1000 * best_time(fn, repeats) / len(paths)) for name, fn in stages]
+        for _ in range(repeats):
+            spent: dict[str, float] = {}
+            for path in paths:
+                start = time.perf_counter()
+                for name in stages(path):
+                    now = time.perf_counter()
+                    spent[name] = spent.get(name, 0.0) + now - start
+                    start = now
+            for name, seconds in spent.items():
+                best[name] = min(best.get(name, float("inf")), seconds)
     finally:
         torch.set_num_threads(threads)
+    return [(name, 1000 * seconds / len(paths)) for name, seconds in best.items()]
 
 
 def run_pool(func, paths: list[str], procs: int) -> None:
