@@ -89,3 +89,39 @@ def test_convert_keeps_bn_affine_and_sync_leaves_it_alone():
     loss = model(torch.randn(2, 3, 10, 12)).square().mean()
     loss.backward()
     assert model[1].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
+
+
+@pytest.mark.parametrize("kind,relax", [("rfnbn", 0.5), ("ifnbn", 0.0)])
+def test_frequency_norm_in_front_of_bn(kind, relax):
+    """rfnbn / ifnbn: the parameter-free RFN or IFN, then BN with its batch and running statistics,
+    against the float64 formulas; a BN converted to it keeps its weights and statistics."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, 6, 7, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, 6).view(1, 1, 6, 1)
+    layer = make_norm(kind, 4).double()
+    gamma, beta = np.array([1.5, 0.5, -1.0, 2.0]), np.array([0.1, -0.2, 0.3, 0.0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(gamma))
+        layer.bias.copy_(torch.from_numpy(beta))
+    pre = reference(x.numpy(), relax, np.ones(4), np.zeros(4))
+    mean, var = pre.mean(axis=(0, 2, 3)), pre.var(axis=(0, 2, 3))
+
+    def bn(m, v):
+        return (pre - m[None, :, None, None]) / np.sqrt(v[None, :, None, None] + EPS) \
+            * gamma[None, :, None, None] + beta[None, :, None, None]
+
+    layer.train()
+    np.testing.assert_allclose(layer(x).detach().numpy(), bn(mean, var), rtol=1e-10, atol=1e-10)
+    running_mean, running_var = 0.1 * mean, 0.9 + 0.1 * pre.var(axis=(0, 2, 3), ddof=1)  # momentum 0.1
+    np.testing.assert_allclose(layer.running_mean.numpy(), running_mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.running_var.numpy(), running_var, rtol=1e-12, atol=1e-12)
+    layer.eval()
+    np.testing.assert_allclose(layer(x).detach().numpy(), bn(running_mean, running_var), rtol=1e-10,
+                               atol=1e-10)
+    assert norm_kind_of(layer) == kind
+
+    old = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        old.weight.fill_(2.0)
+        old.running_mean.fill_(0.5)
+    new = convert_norm(nn.Sequential(old), kind)[0]
+    assert norm_kind_of(new) == kind and float(new.weight[0]) == 2.0 and float(new.running_mean[0]) == 0.5

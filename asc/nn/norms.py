@@ -115,6 +115,10 @@ NORMS: dict[str, NormSpec] = {
     "ifn": NormSpec(build=_stateless(InstanceFreqNorm), label="instance frequency-wise norm"),
     "rfn": NormSpec(build=_stateless(RelaxedFreqNorm), options=("relax",),
                     label="relaxed instance frequency-wise norm, 0.5 LN + 0.5 IFN"),
+    "ifnbn": NormSpec(build=_per_dim({1: PreNormBatchNorm1d, 2: PreNormBatchNorm2d, 3: PreNormBatchNorm3d},
+                                     pre="ifn"), label="IFN (no affine), then BN"),
+    "rfnbn": NormSpec(build=_per_dim({1: PreNormBatchNorm1d, 2: PreNormBatchNorm2d, 3: PreNormBatchNorm3d},
+                                     pre="rfn"), label="RFN (no affine, 0.5 LN + 0.5 IFN), then BN"),
     "none": NormSpec(build=_identity, label="no normalization"),
 }
 

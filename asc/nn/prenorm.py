@@ -1,4 +1,6 @@
-"""lnbn, inbn, pnbn: a parameter-free per-sample normalization followed by BN (the paper's Table 3).
+"""lnbn, inbn, pnbn: a parameter-free per-sample normalization followed by BN (the paper's Table 3);
+ifnbn, rfnbn: IFN or RFN (asc.nn.freqnorm, relax 0.5) followed by BN, the frequency-wise norms plugged in
+front of BN rather than replacing it, as the published RFN is added to networks that keep their BN.
 
 Each is a subclass of the torch BatchNorm class of its dimension, so its state dict is BatchNorm's and
 `convert_norm` carries weights and running statistics over; only the input to BN differs.
@@ -9,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from asc.nn.freqnorm import instance_freq_norm, relaxed_freq_norm
 
 _PRE_EPS = 1e-5
 
@@ -23,6 +27,10 @@ def _pre_normalize(x: Tensor, mode: str) -> Tensor:
     if mode == "pn":
         var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
         return (x - mean) * (var + _PRE_EPS).rsqrt()
+    if mode == "ifn":
+        return instance_freq_norm(x, _PRE_EPS)
+    if mode == "rfn":
+        return relaxed_freq_norm(x, 0.5, _PRE_EPS)
     raise ValueError(f"unknown pre-normalization {mode!r}")
 
 
