@@ -1,6 +1,6 @@
 """Which cue can a norm kind learn from? A probe on two toy tasks, side by side.
 
-    .venv/bin/python scripts/probe_norms.py                          # bn l2bn ln ifn rfn, both cues
+    .venv/bin/python scripts/probe_norms.py                          # bn l2bn ln ifn rfn ifnbn rfnbn
     .venv/bin/python scripts/probe_norms.py --norms bn rfn --steps 200 --lr 0.01
 
 Ten classes of (3, 128, 100) "log-mel" inputs with unit-variance noise (std 0.5), told apart by one cue:
@@ -79,7 +79,7 @@ def probe(kind: str, cue: str, steps: int, lr: float, seed: int) -> tuple[float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--norms", nargs="+", default=["bn", "l2bn", "ln", "ifn", "rfn"])
+    ap.add_argument("--norms", nargs="+", default=["bn", "l2bn", "ln", "ifn", "rfn", "ifnbn", "rfnbn"])
     ap.add_argument("--cues", nargs="+", choices=tuple(CUES), default=list(CUES))
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=0.05)
