@@ -124,4 +124,5 @@ def test_frequency_norm_in_front_of_bn(kind, relax):
         old.weight.fill_(2.0)
         old.running_mean.fill_(0.5)
     new = convert_norm(nn.Sequential(old), kind)[0]
-    assert norm_kind_of(new) == kind and float(new.weight.detach()[0]) == 2.0 and float(new.running_mean[0]) == 0.5
+    assert norm_kind_of(new) == kind
+    assert float(new.weight.detach()[0]) == 2.0 and float(new.running_mean[0]) == 0.5
