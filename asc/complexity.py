@@ -38,9 +38,16 @@ def complexity(model: Any, input_shape: Sequence[int], clip_seconds: float,
     first); `fits_dcase_2022` is true when some precision fits and the MACs per second do."""
     from asc.models.common import model_size
 
-    seconds = _clip_seconds(clip_seconds)
     shape = tuple(int(v) for v in input_shape)
-    size = model_size(model, shape)
+    return complexity_of_size(model_size(model, shape), clip_seconds, limits)
+
+
+def complexity_of_size(size: Mapping[str, Any], clip_seconds: float,
+                       limits: Mapping[str, Any] = DCASE_2022_LIMITS) -> dict:
+    """`complexity` from a size `asc.models.common.model_size` has already measured (params, macs of
+    one clip, input_shape), so a caller that has one does not run the counter twice."""
+    seconds = _clip_seconds(clip_seconds)
+    shape = tuple(int(v) for v in size["input_shape"])
     params, macs = int(size["params"]), int(size["macs"])
     per_second = macs / seconds
     param_bytes = {name: params * width for name, width in BYTES_PER_PARAM.items()}

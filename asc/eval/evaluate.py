@@ -197,10 +197,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device
     report["model"] = size
     if described.duration:
         # what DCASE Task 1 limits, per second of audio, and whether the model fits (asc.complexity)
-        from asc.complexity import complexity
+        from asc.complexity import complexity_of_size
 
-        report["complexity"] = complexity(trained.model, tuple(int(v) for v in data.dataset[0][0].shape),
-                                          float(described.duration))
+        report["complexity"] = complexity_of_size(size, float(described.duration))
     # what `asc compare` checks before putting runs side by side
     report["scored_on"] = {"split": data.split, "dataset": name, "dataset_root": data.root,
                            "feature_hash": data.extra.get("feature_hash"), "epochs": run_info["epochs"],
