@@ -609,8 +609,9 @@ def default_workers() -> int:
     """A feature process when this process may run on at least 2 CPUs: on the idle 2-CPU machine it
     scored 1.24x to 1.65x the files per second of one process (BENCHMARKS.md, 2026-12-06). On one CPU
     the two processes would only take turns."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if cpus >= 2 else 0
+    from asc.cpus import usable_cpus
+
+    return 1 if usable_cpus() >= 2 else 0
 
 
 def check_workers(workers: Any) -> int:

@@ -26,6 +26,7 @@ import soundfile as sf
 import torch
 from benchtime import best_time  # scripts/ is on the path when a script runs
 
+from asc.cpus import usable_cpus
 from asc.features.logmel import bind_duration, load_feature_config
 from asc.models import create_model
 from asc.predict import Predictor
@@ -95,7 +96,7 @@ def main() -> None:
             exported = best_time(lambda: from_export.predict_many(paths, show_progress=False, workers=1),
                                  args.repeats)
     bound = max(parts)
-    print(f"torch {torch.__version__}, {threads} threads ({_cpus()} CPUs), {args.files} files of 10 s, "
+    print(f"torch {torch.__version__}, {threads} threads ({usable_cpus()} CPUs), {args.files} files of 10 s, "
           f"batch {args.batch_size}, best of {args.repeats}")
     print(f"{'part':<46} {'files/s':>9} {'of bound':>9}")
     rows = [("decode only (soundfile)", decode),
@@ -136,12 +137,6 @@ def beside(timed, other, repeats: int) -> float:
     finally:
         proc.terminate()
         proc.join()
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 if __name__ == "__main__":

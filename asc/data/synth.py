@@ -1001,10 +1001,9 @@ def _params(preset: str, seed: int, duration: float, layout: str = "tau2020") ->
 
 
 def _default_workers() -> int:
-    try:
-        return max(1, min(len(os.sched_getaffinity(0)), 8))
-    except AttributeError:  # not on Linux
-        return max(1, min(os.cpu_count() or 1, 8))
+    from asc.cpus import usable_cpus
+
+    return min(usable_cpus(), 8)
 
 
 def _remove_earlier_build(out: Path, record: Path) -> None:
