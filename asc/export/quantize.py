@@ -77,20 +77,14 @@ def calibration_batches(dataset: Any, labels: Sequence[int], clips: int,
 
 
 def scores(logits: np.ndarray, data: Any) -> dict:
-    """Overall, per-device and per-group accuracy and log loss of `logits` on the labelled `data`."""
-    from asc.eval.metrics import group_scores, scores_by, softmax, subset_scores
+    """Overall, per-device and per-group scores of `logits` on `data`, as the run's report computes them."""
+    from asc.eval.report import build_report
 
-    labelled = data.labels >= 0
-    prob = softmax(logits)
-    out: dict[str, Any] = {"overall": subset_scores(data.labels, prob, labelled)}
-    if data.devices is not None:
-        keys = np.asarray(data.devices, dtype=object)
-        keys[~labelled] = "(unlabelled)"
-        per = scores_by(data.labels, prob, keys, order=list(data.description.devices))
-        out["per_device"] = {k: v for k, v in per.items() if k != "(unlabelled)"}
-        groups = {k: list(v) for k, v in data.description.device_groups.items()}
-        out["device_groups"] = group_scores(data.labels, prob, keys, groups) if groups else {}
-    return out
+    described = data.description
+    report = build_report(logits, data.labels, data.devices, data.class_names,
+                          device_order=list(described.devices),
+                          device_groups={k: list(v) for k, v in described.device_groups.items()})
+    return {key: report[key] for key in ("overall", "per_device", "device_groups")}
 
 
 def compare_precisions(before: Path, after: Path, data: Any, input_shape: tuple[int, ...], *,
