@@ -64,6 +64,9 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "o
         raise ConfigError(f"--format must be one of {', '.join(MODEL_FILES)}, got {fmt!r}")
     if quantize is not None and quantize not in QUANTIZE:
         raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize == "int8" and (isinstance(calibration, bool) or not isinstance(calibration, int)
+                               or calibration < 1):
+        raise ConfigError(f"--calibration {calibration}: needs at least one training clip")
     if quantize is not None and fmt != "onnx":
         raise ConfigError(f"--quantize {quantize}: quantized weights are offered for --format onnx only; a "
                           "TorchScript export keeps float32")
