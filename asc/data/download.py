@@ -214,7 +214,12 @@ class _Watchdog:
         return self._sock is not None
 
     def attach(self, sock: socket.socket) -> None:
-        """The socket of the current connection (a redirect opens another)."""
+        """The socket of the current connection (a redirect opens another).
+
+        Once connected, reads wait up to the backstop, so the deadline that ends a silent server is always
+        this thread's, named in `reason`, never a bare socket timeout racing it."""
+        with contextlib.suppress(OSError):
+            sock.settimeout(self.backstop)
         with self._lock:
             self._sock = sock
             fired = self.reason is not None
