@@ -27,6 +27,7 @@ import torch
 from benchtime import best_time  # scripts/ is on the path when a script runs
 
 from asc.cpus import usable_cpus
+from asc.features.compute import _keep_large_buffers
 from asc.features.logmel import bind_duration, load_feature_config
 from asc.models import create_model
 from asc.predict import Predictor
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-train", action="store_true", help="skip the training benchmark")
     args = ap.parse_args()
+    _keep_large_buffers(every_size=True)  # as `asc predict` does, for every part measured here
 
     if args.run:
         predictor = Predictor.from_run(args.run, batch_size=args.batch_size)

@@ -29,6 +29,25 @@ def test_wav_subtypes_round_trip(tmp_path, subtype, tol):
     assert np.max(np.abs(y - x)) <= tol + 1e-7
 
 
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("FLAC", "PCM_16"),
+                                         ("FLAC", "PCM_24")])
+def test_integer_files_read_as_libsndfile_reads_them_as_float(tmp_path, fmt, subtype):
+    """16- and 24-bit files are read as int32 and scaled by the loader: the very values libsndfile's own
+    float32 read gives, the full scale included (-1 and the largest positive sample)."""
+    bits = int(subtype[-2:])
+    rng = np.random.default_rng(0)
+    ints = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(4000, 2))
+    ints[:2] = [[-(2 ** (bits - 1)), 2 ** (bits - 1) - 1], [0, -1]]
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, (ints << (32 - bits)).astype(np.int32), 44100, format=fmt, subtype=subtype)
+    reference, _ = sf.read(path, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(reference, ints / 2.0 ** (bits - 1))  # exact, as the loader assumes
+    y = load_audio(path, duration=None, mono=False)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, reference.T)
+    np.testing.assert_array_equal(load_audio(path, duration=None), reference.mean(axis=1, dtype=np.float32))
+
+
 def test_flac_reads(tmp_path):
     x = _tone(44100, 0.25)
     sf.write(tmp_path / "a.flac", x, 44100, subtype="PCM_24")

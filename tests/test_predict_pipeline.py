@@ -184,15 +184,31 @@ def test_a_long_file_is_sent_in_messages_of_at_most_batch_size_windows(predictor
     assert p.predict(path).to_dict() == serial[0].to_dict()  # predict: the same bits, in this process
 
 
-def test_the_first_message_is_short_so_the_model_starts_early(predictor, tmp_path, paths_used):
-    """21 windows in batches of 8: a first message of 4 windows, then full batches; same bits as ever."""
+def test_the_first_and_last_messages_are_short(predictor, tmp_path, paths_used):
+    """The model starts after 4 windows, not a whole batch, and the batches shrink as the end nears, as
+    only the last forward pass has no features to overlap. A batch is cut once it holds as many windows
+    as are known to follow (at least 4): 21 windows in batches of 8 go as 4, 8, 5 (4 follow), 4. Files
+    of 1, 21, 1 and 1 windows in batches of 16 go as 4 (the first file and 3 windows of the long one),
+    10 (10 follow: 8 of the long one, one per file after it), 5, 4 and the last file's 1."""
     path = tmp_path / "long.wav"
     sf.write(path, _tone(3.0), SR)
     p = _variant(predictor, hop=0.1, batch_size=8)
     piped, _ = p.predict_many([path], show_progress=False, workers=1)
-    assert [m.windows.shape[0] for m in paths_used["messages"]] == [4, 8, 8, 1]
+    assert [m.windows.shape[0] for m in paths_used["messages"]] == [4, 8, 5, 4]
     serial, _ = p.predict_many([path], show_progress=False, workers=0)
     assert piped[0].to_dict() == serial[0].to_dict()
+
+    short = [tmp_path / f"{k}.wav" for k in range(3)]
+    for k, f in enumerate(short):
+        sf.write(f, _tone(seed=k), SR)
+    files = [short[0], path, short[1], short[2]]
+    paths_used["messages"].clear()
+    p = _variant(predictor, hop=0.1, batch_size=16)
+    piped, _ = p.predict_many(files, show_progress=False, workers=1)
+    assert [m.windows.shape[0] for m in paths_used["messages"]] == [4, 10, 5, 4, 1]
+    assert [len(r.windows) for r in piped] == [1, 21, 1, 1]
+    serial, _ = p.predict_many(files, show_progress=False, workers=0)
+    assert [r.to_dict() for r in piped] == [r.to_dict() for r in serial]
 
 
 def test_the_feature_process_is_the_default_with_two_cpus(monkeypatch):
