@@ -100,6 +100,45 @@ class _Message:
     error: BaseException | None = None
 
 
+class _Segments:
+    """A batch of windows as waveform segments: their features are computed with the model."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def add(self, segment: Any) -> None:
+        self.items.append(segment)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self) -> list[Any]:
+        return self.items
+
+
+class _SlotBatch:
+    """A batch of windows as features, computed as each window comes and written into a slot of
+    _Slots (taken with the first window); taken as (slot, count)."""
+
+    def __init__(self, slots: _Slots, predictor: Predictor) -> None:
+        self.slots, self.predictor = slots, predictor
+        self.slot: int | None = None
+        self.count = 0
+
+    def add(self, segment: Any) -> None:
+        if self.slot is None:
+            self.slot = self.slots.take_free()
+        self.slots.buffers[self.slot, self.count].copy_(self.predictor._window_features(segment)[0])
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def take(self) -> tuple[int, int]:
+        assert self.slot is not None
+        return self.slot, self.count
+
+
 class _Slots:
     """Shared memory for the feature process's batches, mapped before it is forked so both processes
     see it: features are written in place and only (slot, count) travels. A tensor sent through the
@@ -119,11 +158,12 @@ class _Slots:
         for k in range(count):
             self._free.put(k)
 
-    def fill(self, predictor: Predictor, segments: list[Any]) -> tuple[int, int]:
-        """In the feature process: the features of `segments` written into a free slot."""
-        slot = self._free.get()
-        predictor._features(segments, out=self.buffers[slot])
-        return slot, len(segments)
+    def batch(self, predictor: Predictor) -> _SlotBatch:
+        """In the feature process: an empty batch whose features go into a free slot."""
+        return _SlotBatch(self, predictor)
+
+    def take_free(self) -> int:
+        return self._free.get()
 
     def view(self, slot: int, count: int) -> Any:
         return self.buffers[slot, :count]
@@ -245,19 +285,20 @@ class Predictor:
         seg = wave[start:start + self.window_samples]
         return seg if len(seg) == self.window_samples else np.pad(seg, (0, self.window_samples - len(seg)))
 
-    def _features(self, segments: Sequence[Any], out: Any = None) -> Any:
-        """Features (W, C, F, T) of a batch of windows (each (samples,)), written into `out` if given."""
-        import numpy as np
+    def _features(self, segments: Sequence[Any]) -> Any:
+        """Features (W, C, F, T) of a batch of windows (each (samples,))."""
         import torch
 
         # one window at a time: on a CPU 2.5x faster per window than a batched STFT, whose buffers
         # outgrow the caches
-        each = (self.extractor(torch.from_numpy(np.ascontiguousarray(s))) for s in segments)
-        if out is None:
-            return torch.cat(list(each))
-        for row, feats in zip(out, each):
-            row.copy_(feats[0])
-        return out[:len(segments)]
+        return torch.cat([self._window_features(s) for s in segments])
+
+    def _window_features(self, segment: Any) -> Any:
+        """Features (1, C, F, T) of one window (samples,)."""
+        import numpy as np
+        import torch
+
+        return self.extractor(torch.from_numpy(np.ascontiguousarray(segment)))
 
     def _model(self, feats: Any, names: Sequence[str]) -> Any:
         """Class probabilities (W, K) float64 of a batch of features; `names` name their files in the
@@ -274,13 +315,14 @@ class Predictor:
         return self._model(self._features(segments), names)
 
     def _messages(self, decoded: Iterable[tuple[int, list[str], Any]], *,
-                  pack: Callable[[list[Any]], Any] = list, stop_at_bad: bool,
+                  batch: Callable[[], Any] = _Segments, stop_at_bad: bool,
                   total: int | None = None) -> Iterator[_Message]:
         """Cut (index, notes, mono waveform or the exception that loading it raised) into messages of
         windows `batch_size` at a time across files, so no file's windows are ever held all at once.
-        The same cut serves both paths, so the model sees the same batches in both. `pack` turns a
-        batch's waveform segments into what the message carries (the feature process computes their
-        features there). `stop_at_bad`: end at the first bad file (it
+        The same cut serves both paths, so the model sees the same batches in both. `batch` makes an
+        empty batch that takes the windows' waveform segments (the feature process's computes their
+        features as they come, while each waveform is still in the cache). `stop_at_bad`: end at the
+        first bad file (it
         raises at the model stage), rather than decode files that will never be scored.
 
         With `total` files known, batches shrink as the end nears: a batch is cut at the windows still
@@ -291,17 +333,16 @@ class Predictor:
 
         files: list = []
         owners: list[tuple[int, int]] = []
-        segments: list[Any] = []
+        windows = batch()
         # a short first batch: the model starts as soon as a few windows are ready instead of waiting
         # for a whole batch of features, which nothing can overlap
         limit = min(self.batch_size, _FIRST_BATCH)
 
         def cut() -> _Message:
-            nonlocal files, owners, segments, limit
+            nonlocal files, owners, windows, limit
             limit = self.batch_size
-            windows = pack(segments) if segments else None
-            message = _Message(files, owners, windows)
-            files, owners, segments = [], [], []
+            message = _Message(files, owners, windows.take() if len(windows) else None)
+            files, owners, windows = [], [], batch()
             return message
 
         for i, notes, wave in decoded:
@@ -314,13 +355,13 @@ class Predictor:
             starts, padded = self._starts(len(wave))
             files.append((i, notes, None, len(wave), starts, padded))
             for j, start in enumerate(starts):
-                segments.append(self._segment(wave, start))
+                windows.add(self._segment(wave, start))
                 owners.append((i, j))
                 # windows known to follow: this file's, then at least one per file not yet decoded
                 ahead = None if total is None else len(starts) - j - 1 + total - i - 1
-                if len(segments) >= (limit if ahead is None else min(limit, max(_FIRST_BATCH, ahead))):
+                if len(windows) >= (limit if ahead is None else min(limit, max(_FIRST_BATCH, ahead))):
                     yield cut()
-        if files or segments:
+        if files or len(windows):
             yield cut()
 
     def _consume(self, messages: Iterable[_Message], names: Sequence[str],
@@ -584,7 +625,7 @@ class Predictor:
             def __iter__(self) -> Iterator[_Message]:
                 try:
                     for message in predictor._messages(predictor._decode_each(paths),
-                                                       pack=functools.partial(slots.fill, predictor),
+                                                       batch=functools.partial(slots.batch, predictor),
                                                        stop_at_bad=not skip_bad, total=len(paths)):
                         # an exception that cannot be pickled would be lost on the way, and the parent
                         # would wait for it forever
