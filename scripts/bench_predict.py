@@ -3,16 +3,19 @@
     python scripts/bench_predict.py                                  # untrained quick FCNN, 96 files
     python scripts/bench_predict.py --run exp/dcase2020_quick/fcnn_quick_l2bn_seed0 --files 192  # + export
 
-Files are 10-s mono 44.1-kHz 24-bit WAVs (noise and tones) written to a temp folder. Timed, best of
-`--repeats`: decoding alone; the two parts of prediction, each on ONE torch thread (decode + features
-one clip at a time; the model alone on precomputed features); and the whole Predictor (decode,
-features, model, averaging) with a feature process beside the model (workers=1) and in one process
-(workers=0). A pipeline of the two parts runs at best at the slower part's rate: that is the bound
-the pipelined path is measured against. Each part is timed again while the other runs in a second
-process: two vector-heavy processes slow each other on this machine's two cores (shared caches and
-memory bandwidth; a float32 matmul loses a fifth beside another), and the slower part under that
-contention is the most a pipeline can reach here. Rates are files/s. The training benchmark of the same model
-(`scripts/bench_train.py`) runs last, in a subprocess, so a loaded machine shows in both.
+Files are 10-s mono 44.1-kHz 24-bit WAVs (noise and tones) written to a temp folder. Timed in
+`--repeats` rounds, each timing everything once (after one round to warm up), so a machine whose speed
+drifts moves the parts and the pipeline together: decoding alone; the two parts of prediction, each on
+ONE torch thread (decode + features one clip at a time; the model alone on precomputed features); and
+the whole Predictor (decode, features, model, averaging) with a feature process beside the model
+(workers=1) and in one process (workers=0). A pipeline of the two parts runs at best at the slower
+part's rate: that is the bound the pipelined path is measured against, within each round (the median
+ratio is the figure). Each part is timed again while the other runs in a second process: two
+vector-heavy processes slow each other on this machine's two cores (shared caches and memory
+bandwidth; a float32 matmul loses a fifth beside another), and the slower part under that contention
+is the most a pipeline can reach here. Rates are files/s, the best of the rounds. The training
+benchmark of the same model (`scripts/bench_train.py`) runs last, in a subprocess, so a loaded
+machine shows in both.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from benchtime import best_time  # scripts/ is on the path when a script runs
 
 from asc.cpus import usable_cpus
 from asc.features.compute import _keep_large_buffers
@@ -73,9 +75,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_files(Path(tmp), args.files)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # each part on one thread, as each stage of the pipeline runs
+        torch.set_num_threads(1)
         waves = [predictor.load(p) for p in paths]
         feats = torch.cat([predictor.extractor(torch.from_numpy(w)) for w in waves])
+        torch.set_num_threads(threads)
         from asc.eval.inference import infer
 
         def model_only() -> None:
@@ -85,42 +88,57 @@ def main() -> None:
             for p in paths:
                 predictor.extractor(torch.from_numpy(predictor.load(p)))
 
-        decode = best_time(lambda: [predictor.load(p) for p in paths], args.repeats)
-        parts = best_time(decode_features, args.repeats), best_time(model_only, args.repeats)
-        contended = (beside(decode_features, model_only, args.repeats),
-                     beside(model_only, decode_features, args.repeats))
-        torch.set_num_threads(threads)
-        whole = {workers: best_time(lambda w=workers: predictor.predict_many(paths, show_progress=False,
-                                                                             workers=w), args.repeats)
-                 for workers in (1, 0)}
-        exported = None
+        exporter = None
         if args.run:  # the same run exported to ONNX, scored the same way through onnxruntime
             from asc.export.write import export_run
 
             export_run(args.run, Path(tmp) / "export")
-            from_export = Predictor.from_export(Path(tmp) / "export", batch_size=args.batch_size)
-            exported = best_time(lambda: from_export.predict_many(paths, show_progress=False, workers=1),
-                                 args.repeats)
-    bound = max(parts)
+            exporter = Predictor.from_export(Path(tmp) / "export", batch_size=args.batch_size)
+
+        def predict(p: Predictor, workers: int) -> None:
+            p.predict_many(paths, show_progress=False, workers=workers)
+
+        # seconds of one call each; the parts on one torch thread, as each stage of the pipeline runs
+        timers = {
+            "decode": lambda: timed(lambda: [predictor.load(p) for p in paths], 1),
+            "features": lambda: timed(decode_features, 1),
+            "model": lambda: timed(model_only, 1),
+            "features beside": lambda: timed(decode_features, 1, beside=model_only),
+            "model beside": lambda: timed(model_only, 1, beside=decode_features),
+            "pipelined": lambda: timed(lambda: predict(predictor, 1)),
+            "one process": lambda: timed(lambda: predict(predictor, 0)),
+        }
+        if exporter is not None:
+            timers["export"] = lambda: timed(lambda: predict(exporter, 1))
+        # every round times everything once, so a machine whose speed drifts (other tenants) moves the
+        # parts and the pipeline together, and the pipeline is compared with its round's bound
+        rounds = [{name: fn() for name, fn in timers.items()} for _ in range(args.repeats + 1)][1:]
+    best = {name: min(r[name] for r in rounds) for name in timers}
+    ratios = sorted(max(r["features"], r["model"]) / r["pipelined"] for r in rounds)
+    busy = sorted(max(r["features beside"], r["model beside"]) / r["pipelined"] for r in rounds)
+    bound = max(best["features"], best["model"])
     print(f"torch {torch.__version__}, {threads} threads ({usable_cpus()} CPUs), {args.files} files of 10 s, "
-          f"batch {args.batch_size}, best of {args.repeats}")
-    print(f"{'part':<46} {'files/s':>9} {'of bound':>9}")
-    rows = [("decode only (soundfile)", decode),
-            ("decode + features, one clip at a time, 1 thread", parts[0]),
-            ("model only (precomputed features), 1 thread", parts[1]),
+          f"batch {args.batch_size}, best of {args.repeats} rounds (after one to warm up)")
+    print(f"{'part':<52} {'files/s':>9} {'of bound':>9}")
+    rows = [("decode only", best["decode"]),
+            ("decode + features, one clip at a time, 1 thread", best["features"]),
+            ("model only (precomputed features), 1 thread", best["model"]),
             ("bound: the slower part", bound),
-            ("decode + features, the model running beside them", contended[0]),
-            ("model only, features running beside it", contended[1]),
-            ("bound with both cores busy: the slower of these", max(contended)),
-            ("asc predict --workers 1 (pipelined)", whole[1]),
-            ("asc predict --workers 0 (one process)", whole[0])]
-    if exported is not None:
-        rows.append(("asc predict EXPORT (ONNX, onnxruntime), --workers 1", exported))
+            ("decode + features, the model running beside them", best["features beside"]),
+            ("model only, features running beside it", best["model beside"]),
+            ("bound with both cores busy: the slower of these", max(best["features beside"],
+                                                                    best["model beside"])),
+            ("asc predict --workers 1 (pipelined)", best["pipelined"]),
+            ("asc predict --workers 0 (one process)", best["one process"])]
+    if exporter is not None:
+        rows.append(("asc predict EXPORT (ONNX, onnxruntime), --workers 1", best["export"]))
     for name, seconds in rows:
-        print(f"{name:<46} {args.files / seconds:>9.1f} {bound / seconds:>9.2f}")
-    print(f"pipelined: {args.files / whole[1]:.1f} files/s, {bound / whole[1]:.0%} of the bound "
-          f"(target: 150 files/s or 80 % of the bound), {max(contended) / whole[1]:.0%} of the bound with "
-          f"both cores busy; {whole[0] / whole[1]:.2f}x the one-process path")
+        print(f"{name:<52} {args.files / seconds:>9.1f} {bound / seconds:>9.2f}")
+    median = ratios[len(ratios) // 2]
+    print(f"pipelined: {args.files / best['pipelined']:.1f} files/s; of its round's bound {median:.0%} "
+          f"(median; {ratios[0]:.0%}-{ratios[-1]:.0%} over {len(ratios)} rounds; target: 150 files/s or "
+          f"80 %), of the bound with both cores busy {busy[len(busy) // 2]:.0%}; "
+          f"{best['one process'] / best['pipelined']:.2f}x the one-process path")
     if not args.no_train:
         command = [sys.executable, str(ROOT / "scripts/bench_train.py"), "--reps", "5", "--warmup", "1",
                    "--batch", "32", "--width-mult", "0.125", "--models", "fcnn"]
@@ -128,24 +146,34 @@ def main() -> None:
         subprocess.run(command, check=True)
 
 
-def beside(timed, other, repeats: int) -> float:
-    """Best time of `timed` while a forked process runs `other` over and over on the other core: what
-    a stage of the pipeline gets when both cores are busy (shared caches and memory bandwidth)."""
+def timed(fn, threads: int | None = None, beside=None) -> float:
+    """Seconds of one call of `fn` on `threads` torch threads (None: as set); with `beside`, while a
+    forked process runs `beside` over and over on the other core: what a stage of the pipeline gets
+    when both cores are busy (shared caches and memory bandwidth)."""
     import multiprocessing as mp
 
-    def loop() -> None:
-        torch.set_num_threads(1)
-        while True:
-            other()
+    before = torch.get_num_threads()
+    proc = None
+    if beside is not None:
+        def loop() -> None:
+            torch.set_num_threads(1)
+            while True:
+                beside()
 
-    proc = mp.get_context("fork").Process(target=loop, daemon=True)
-    proc.start()
-    try:
+        proc = mp.get_context("fork").Process(target=loop, daemon=True)
+        proc.start()
         time.sleep(0.5)  # the other process under way first
-        return best_time(timed, repeats)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
     finally:
-        proc.terminate()
-        proc.join()
+        torch.set_num_threads(before)
+        if proc is not None:
+            proc.terminate()
+            proc.join()
 
 
 if __name__ == "__main__":
