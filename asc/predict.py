@@ -152,7 +152,14 @@ class _Slots:
 
         import torch
 
-        self._area = mmap.mmap(-1, count * batch_size * math.prod(like.shape) * like.element_size())
+        size = count * batch_size * math.prod(like.shape) * like.element_size()
+        try:
+            self._area = mmap.mmap(-1, size)
+        except OSError as exc:
+            from asc.errors import AscError
+
+            raise AscError(f"cannot map {size / 2**20:.0f} MB of shared memory for the feature process "
+                           f"({exc.strerror}); lower --batch-size, or pass --workers 0") from None
         self.buffers = torch.frombuffer(self._area, dtype=like.dtype).view(count, batch_size, *like.shape)
         self._free = mp.get_context("fork").SimpleQueue()
         for k in range(count):
@@ -715,9 +722,9 @@ class Predictor:
 
 
 def default_workers() -> int:
-    """A feature process when this process may run on at least 2 CPUs: on the idle 2-CPU machine it
-    scored 1.24x to 1.65x the files per second of one process (BENCHMARKS.md, 2026-12-06). On one CPU
-    the two processes would only take turns."""
+    """A feature process when this process may run on at least 2 CPUs: on the 2-CPU machine it scored
+    1.5x to 1.9x the files per second of one process (BENCHMARKS.md, 2026-12-06). On one CPU the two
+    processes would only take turns."""
     from asc.cpus import usable_cpus
 
     return 1 if usable_cpus() >= 2 else 0

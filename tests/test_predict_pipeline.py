@@ -341,3 +341,24 @@ def test_an_unpicklable_load_error_reaches_the_model_stage(predictor, tmp_path, 
     with pytest.raises(RuntimeError, match="Odd: mid.wav: an odd failure"):
         _variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=1)
     assert paths_used["pipelined"] == 1
+
+
+def test_shared_memory_that_cannot_be_mapped_is_one_line_naming_the_way_out(predictor, tmp_path,
+                                                                            monkeypatch):
+    """The feature process's batches live in shared memory mapped up front (batch_size windows x 4);
+    when the system refuses it, the error says how much and what to lower, before any file is read."""
+    import errno
+    import mmap
+
+    from asc.errors import AscError
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    files = _mixed_files(tmp_path)
+    expected = (r"^cannot map \d+ MB of shared memory for the feature process \(Cannot allocate memory\); "
+                r"lower --batch-size, or pass --workers 0$")
+    with pytest.raises(AscError, match=expected):
+        _variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=1)
+    assert len(_variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=0)[0]) > 0
