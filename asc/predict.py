@@ -764,12 +764,12 @@ def _init_feature_worker(parent_pid: int, worker_id: int) -> None:
 
     import torch
 
-    from asc.features.compute import _die_with_parent, _keep_large_buffers
+    from asc.features.compute import _die_with_parent, keep_large_buffers
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     torch.set_num_threads(1)
-    _keep_large_buffers()
+    keep_large_buffers()
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -932,9 +932,9 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_run(args.run, device=args.device, checkpoint=args.checkpoint, **options)
     if args.top_k > len(predictor.class_names):
         raise ConfigError(f"--top-k {args.top_k}: the run has only {len(predictor.class_names)} classes")
-    from asc.features.compute import _keep_large_buffers
+    from asc.features.compute import keep_large_buffers
 
-    _keep_large_buffers(every_size=True)  # the model's activations, reused batch after batch
+    keep_large_buffers(every_size=True)  # the model's activations, reused batch after batch
     results, bad = predictor.predict_many(paths, skip_bad=args.skip_bad, workers=workers)
     if results:  # the CSV and the JSON are written as one: both, or neither when a write fails
         outputs = [(args.out, submission_text([r.name for r in results],

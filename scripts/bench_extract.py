@@ -66,7 +66,7 @@ def stage_profile(paths: list[str], cfg: dict, repeats: int) -> list[tuple[str, 
     import torch
 
     from asc.data import audio
-    from asc.features.compute import _keep_large_buffers
+    from asc.features.compute import keep_large_buffers
     from asc.features.logmel import LogMelExtractor, _tame, delta_n, deltas, fit_length, num_samples
 
     ext = LogMelExtractor(cfg)
@@ -98,7 +98,7 @@ def stage_profile(paths: list[str], cfg: dict, repeats: int) -> list[tuple[str, 
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    _keep_large_buffers()  # as in the extraction workers
+    keep_large_buffers()  # as in the extraction workers
     best: dict[str, float] = {"decode only (soundfile.read float32)": best_time(
         lambda: [decode_only(p) for p in paths], repeats)}
     try:

@@ -32,7 +32,7 @@ import soundfile as sf
 import torch
 
 from asc.cpus import usable_cpus
-from asc.features.compute import _keep_large_buffers
+from asc.features.compute import keep_large_buffers
 from asc.features.logmel import bind_duration, load_feature_config
 from asc.models import create_model
 from asc.predict import Predictor
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-train", action="store_true", help="skip the training benchmark")
     args = ap.parse_args()
-    _keep_large_buffers(every_size=True)  # as `asc predict` does, for every part measured here
+    keep_large_buffers(every_size=True)  # as `asc predict` does, for every part measured here
 
     if args.run:
         predictor = Predictor.from_run(args.run, batch_size=args.batch_size)

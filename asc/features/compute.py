@@ -48,14 +48,15 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _keep_large_buffers(every_size: bool = False) -> None:
+def keep_large_buffers(every_size: bool = False) -> None:
     """glibc returns freed buffers above its mmap threshold to the OS, so each clip page-faults its
     ~10 MB of fresh STFT buffers again, which costs 3-4x the STFT itself. Keep them in the heap.
 
     The threshold cannot go above 32 MB; `every_size` stops glibc mapping buffers of its own at all, for
     a process whose buffers are larger (a model's activations in batches: a fresh 52 MB output took
     38 ms to write against 5 ms into reused memory). Freed memory then stays with the process (up to
-    the trim threshold above its peak), so this is for processes that repeat one job."""
+    the trim threshold above its peak), so this is for processes that repeat one job: `asc predict`
+    and `asc evaluate` (1.35x on a quick FCNN run's evaluation)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -73,7 +74,7 @@ def _setup(cfg: dict, compute: bool, pad_short: bool) -> None:
     extractor."""
     from asc.features.logmel import LogMelExtractor
 
-    _keep_large_buffers()
+    keep_large_buffers()
     _WORKER.clear()
     _WORKER["cfg"] = cfg
     _WORKER["pad_short"] = pad_short
