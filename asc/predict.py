@@ -327,10 +327,10 @@ class Predictor:
         """Cut (index, notes, mono waveform or the exception that loading it raised) into messages of
         windows `batch_size` at a time across files, so no file's windows are ever held all at once.
         The same cut serves both paths, so the model sees the same batches in both. `batch` makes an
-        empty batch that takes the windows' waveform segments (the feature process's computes their
-        features as they come, while each waveform is still in the cache). `stop_at_bad`: end at the
-        first bad file (it
-        raises at the model stage), rather than decode files that will never be scored.
+        empty batch that takes the windows' waveform segments (the feature process's batch computes
+        each window's features as it comes, while the waveform is still in the cache). `stop_at_bad`:
+        end at the first bad file (it raises at the model stage), rather than decode files that will
+        never be scored.
 
         With `total` files known, batches shrink as the end nears: a batch is cut at the windows still
         to come (at least _FIRST_BATCH), so the last batches halve. In the pipeline the model's last
