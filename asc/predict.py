@@ -629,10 +629,15 @@ class Predictor:
             np.zeros(self.window_samples, np.float32), 0)])[0])
 
         class Stream(IterableDataset):
+            # the slots hang on the instance, not in this class's closure: a class lives until the
+            # cyclic garbage collector finds it, and would keep the shared memory mapped that long
+            def __init__(self, slots: _Slots) -> None:
+                self.slots = slots
+
             def __iter__(self) -> Iterator[_Message]:
                 try:
                     for message in predictor._messages(predictor._decode_each(paths),
-                                                       batch=functools.partial(slots.batch, predictor),
+                                                       batch=functools.partial(self.slots.batch, predictor),
                                                        stop_at_bad=not skip_bad, total=len(paths)):
                         # an exception that cannot be pickled would be lost on the way, and the parent
                         # would wait for it forever
@@ -642,7 +647,7 @@ class Predictor:
                 except Exception as exc:  # noqa: BLE001 - raised in the parent, as one line
                     yield _Message([], [], None, error=_picklable(exc))
 
-        loader = DataLoader(Stream(), batch_size=None, num_workers=1, collate_fn=_as_is,
+        loader = DataLoader(Stream(slots), batch_size=None, num_workers=1, collate_fn=_as_is,
                             prefetch_factor=_PIPELINE_AHEAD, multiprocessing_context="fork",
                             worker_init_fn=functools.partial(_init_feature_worker, os.getpid()))
 

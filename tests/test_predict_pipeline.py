@@ -362,3 +362,35 @@ def test_shared_memory_that_cannot_be_mapped_is_one_line_naming_the_way_out(pred
     with pytest.raises(AscError, match=expected):
         _variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=1)
     assert len(_variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=0)[0]) > 0
+
+
+def test_the_shared_memory_is_unmapped_when_predict_many_returns(predictor, tmp_path, monkeypatch):
+    """The slots are unmapped as soon as predict_many returns, not whenever the cyclic garbage
+    collector runs: a program that predicts folder after folder holds no batches of features between
+    calls. (Shared anonymous mappings show as /dev/zero in /proc/self/maps.)"""
+    import gc
+
+    def mapped() -> int:
+        with open("/proc/self/maps") as fh:
+            return sum("/dev/zero" in line for line in fh)
+
+    from asc.predict import _Slots
+
+    made = []
+    original = _Slots.__init__
+
+    def counted(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(mapped())  # mapped while the feature process runs
+
+    monkeypatch.setattr(_Slots, "__init__", counted)
+    files = _mixed_files(tmp_path)
+    before = mapped()
+    gc.disable()
+    try:
+        for _ in range(2):
+            _variant(predictor, batch_size=2).predict_many(files, show_progress=False, workers=1)
+            assert mapped() == before
+    finally:
+        gc.enable()
+    assert made == [before + 1] * 2
