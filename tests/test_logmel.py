@@ -226,26 +226,6 @@ def test_reflect_padding_option_matches_librosa_and_padding_matters():
     assert np.abs(ours["constant"] - ours["reflect"]).max() > 1.0
 
 
-@pytest.mark.parametrize("samples", [1025, 1026, 44100])
-def test_centring_by_concatenation_equals_torch_stft_centring(samples):
-    """The extractor pads for the STFT itself (torch's reflect padding is slow on a CPU): the same
-    samples as torch.nn.functional.pad, so the same spectrum as torch.stft(center=True), bit for bit,
-    down to a signal one sample longer than the padding (librosa's check of the whole extractor with
-    reflect padding is test_reflect_padding_option_matches_librosa_and_padding_matters)."""
-    import torch
-
-    from asc.features.logmel import _reflect_pad
-
-    x = torch.from_numpy(_scene_like(1.0, seed=5)[:samples]).reshape(1, -1).repeat(2, 1)
-    x[1] *= -0.5
-    padded = torch.nn.functional.pad(x.unsqueeze(1), (1024, 1024), mode="reflect").squeeze(1)
-    assert torch.equal(_reflect_pad(x, 1024), padded)
-    window = torch.hann_window(2048, periodic=True)
-    ref = torch.stft(x, 2048, 1024, 2048, window, center=True, pad_mode="reflect", return_complex=True)
-    assert torch.equal(torch.stft(_reflect_pad(x, 1024), 2048, 1024, 2048, window, center=False,
-                                  return_complex=True), ref)
-
-
 def test_bind_duration_checks_n_fft_against_the_datasets_clips():
     cfg = resolve_feature_config({"n_fft": 16384, "hop_length": 8192, "n_mels": 64})
     assert cfg["duration"] is None  # no clip length yet: nothing to compare with

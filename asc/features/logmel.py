@@ -273,11 +273,8 @@ class LogMelExtractor:
         if x.dim() == 1:
             x = x.unsqueeze(0)
         x, scale = _tame(x)
-        center = c["center"]
-        if center and c["pad_mode"] == "reflect" and x.shape[-1] > c["n_fft"] // 2:
-            x, center = _reflect_pad(x, c["n_fft"] // 2), False
         spec = torch.stft(x, n_fft=c["n_fft"], hop_length=c["hop_length"], win_length=c["win_length"],
-                          window=self.window, center=center, pad_mode=c["pad_mode"],
+                          window=self.window, center=c["center"], pad_mode=c["pad_mode"],
                           normalized=False, onesided=True, return_complex=True)
         mag = spec.real.square() + spec.imag.square()  # |X|^2, (B, freqs, frames)
         if c["power"] == 1.0:
@@ -316,15 +313,6 @@ class LogMelExtractor:
         import torch
 
         return self(wave)[0].to(getattr(torch, dtype)).cpu().numpy()
-
-
-def _reflect_pad(x: Any, pad: int) -> Any:
-    """torch.stft's centring (reflect padding by n_fft // 2 on each side), done as one concatenation:
-    the same samples, and the STFT of a 10-s clip 1.4x as fast as with center=True on a CPU core
-    (1.9 against 2.7 ms), whose reflect padding goes through a slow general kernel."""
-    import torch
-
-    return torch.cat([x[..., 1:pad + 1].flip(-1), x, x[..., -pad - 1:-1].flip(-1)], dim=-1)
 
 
 def _tame(x: Any) -> tuple[Any, Any]:
