@@ -136,3 +136,9 @@ def tiny_run(tmp_path_factory):
     }
     save_checkpoint(state, run / "checkpoints" / "best.pt")
     return {"run": run, "cache_dir": cache_dir, "model": model, "features": features, "base": base}
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests marked slow (end-to-end runs of 20-60 s) go first: with two xdist workers, one of them
+    starting last would leave the other idle at the end of the suite."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -290,6 +290,7 @@ def test_channels_last_gives_the_same_result(name):
     model(x.contiguous(memory_format=torch.channels_last)).sum().backward()
 
 
+@pytest.mark.slow
 def test_compiled_training_step_under_bf16_autocast_has_finite_gradients():
     """The mixed-precision GPU path, compiled: gradients must match eager (dropout off) and be finite."""
     torch.manual_seed(0)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,6 +19,7 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_run_dcase_stages_end_to_end_and_rerun(tmp_path):
     """Every stage on the tiny set, two runs at a time, with a feature config of our own that must reach
     extraction, training and the reports; then a re-run that skips everything already done."""
@@ -83,6 +86,7 @@ def _quick(tmp_path, *args: str) -> subprocess.CompletedProcess:
                  "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", *args])
 
 
+@pytest.mark.slow
 def test_run_dcase_trains_and_compares_variants(tmp_path):
     """--variants: a plain norm and a norm with freq_mixstyle appended to the recipe's own augmentation go
     through every stage; the run folders, recipes and comparison name the variant, paired with the first;
@@ -130,6 +134,7 @@ def test_run_dcase_trains_and_compares_variants(tmp_path):
         assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow
 def test_run_dcase_on_a_synthetic_tau2022_set_of_one_second_clips(tmp_path):
     """--dataset tau2022: the shipped features take the data's 1-s length, crops scale to 36 frames, and
     every stage runs; the reports name TAU 2022 and its devices."""
@@ -145,6 +150,7 @@ def test_run_dcase_on_a_synthetic_tau2022_set_of_one_second_clips(tmp_path):
     assert "crop_frames 200 -> 17" in log
 
 
+@pytest.mark.slow
 def test_run_dcase_on_a_folder_dataset_of_its_own_classes(tmp_path):
     """--data DIR of class subfolders: the reports name its classes and have no device tables."""
     from asc.data.synth import FOLDER_CLASSES, synthesize
@@ -169,6 +175,7 @@ def test_run_dcase_on_a_folder_dataset_of_its_own_classes(tmp_path):
     assert "data.cache_dir:" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_run_cifar_quick_on_tiny_synthetic_set(tmp_path):
     res = _run(["recipes/run_cifar.sh", "--preset", "tiny", "--models", "resnet20", "--norms", "l2bn",
                 "--synth", str(tmp_path / "cifar"), "--exp", str(tmp_path / "exp"),

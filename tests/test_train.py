@@ -64,6 +64,7 @@ def _metrics(run: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_run_directory_and_learning(tiny):
     out = tiny["base"] / "run_plain"
     res = subprocess.run(_train_cmd(tiny["recipe"], out), env=_env(), capture_output=True, text=True,
@@ -116,6 +117,7 @@ def test_run_directory_and_learning(tiny):
     assert res.returncode == 0 and "already complete" in res.stdout
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tiny):
     full = tiny["base"] / "run_full"
     three = ("--set", "train.epochs=3")
@@ -147,6 +149,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process_with_same_global_batch(tiny):
     one = tiny["base"] / "run_single"
     two = tiny["base"] / "run_ddp"
