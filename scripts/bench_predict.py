@@ -1,21 +1,22 @@
 """Throughput of `asc predict` on 10-s files, with the parts it is made of side by side.
 
     python scripts/bench_predict.py                                  # untrained quick FCNN, 96 files
-    python scripts/bench_predict.py --run exp/dcase2020_quick/fcnn_quick_l2bn_seed0 --files 192  # + export
+    python scripts/bench_predict.py --run exp/dcase2020_quick/fcnn_quick_l2bn_seed0 --files 192  # + exports
 
 Files are 10-s mono 44.1-kHz 24-bit WAVs (noise and tones) written to a temp folder. Timed in
 `--repeats` rounds, each timing everything once (after one round to warm up), so a machine whose speed
 drifts moves the parts and the pipeline together: decoding alone; the two parts of prediction, each on
 ONE torch thread (decode + features one clip at a time; the model alone on precomputed features); and
 the whole Predictor (decode, features, model, averaging) with a feature process beside the model
-(workers=1) and in one process (workers=0). A pipeline of the two parts runs at best at the slower
-part's rate: that is the bound the pipelined path is measured against, within each round (the median
-ratio is the figure). Each part is timed again while the other runs in a second process: two
-vector-heavy processes slow each other on this machine's two cores (shared caches and memory
-bandwidth; a float32 matmul loses a fifth beside another), and the slower part under that contention
-is the most a pipeline can reach here. Rates are files/s, the best of the rounds. The training
-benchmark of the same model (`scripts/bench_train.py`) runs last, in a subprocess, so a loaded
-machine shows in both.
+(workers=1) and in one process (workers=0). With --run, the run exported to ONNX at the default opset
+(L2BN as RMSNormalization) and at opset 18 (ReduceL2) is timed the same ways through onnxruntime, and
+each round's export is compared with that round's run folder. A pipeline of the two parts runs at best
+at the slower part's rate: that is the bound the pipelined path is measured against, within each round
+(the median ratio is the figure). Each part is timed again while the other runs in a second process: two
+vector-heavy processes slow each other on this machine's two cores (shared caches and memory bandwidth;
+a float32 matmul loses a fifth beside another), and the slower part under that contention is the most a
+pipeline can reach here. Rates are files/s, the best of the rounds. The training benchmark of the same
+model (`scripts/bench_train.py`) runs last, in a subprocess, so a loaded machine shows in both.
 """
 
 from __future__ import annotations
@@ -88,12 +89,15 @@ def main() -> None:
             for p in paths:
                 predictor.extractor(torch.from_numpy(predictor.load(p)))
 
-        exporter = None
+        exporters = {}
         if args.run:  # the same run exported to ONNX, scored the same way through onnxruntime
+            from asc.export import OPSET
             from asc.export.write import export_run
 
-            export_run(args.run, Path(tmp) / "export")
-            exporter = Predictor.from_export(Path(tmp) / "export", batch_size=args.batch_size)
+            for opset in (OPSET, 18):
+                export_run(args.run, Path(tmp) / f"export{opset}", opset=opset)
+                exporters[opset] = Predictor.from_export(Path(tmp) / f"export{opset}",
+                                                         batch_size=args.batch_size)
 
         def predict(p: Predictor, workers: int) -> None:
             p.predict_many(paths, show_progress=False, workers=workers)
@@ -108,8 +112,10 @@ def main() -> None:
             "pipelined": lambda: timed(lambda: predict(predictor, 1)),
             "one process": lambda: timed(lambda: predict(predictor, 0)),
         }
-        if exporter is not None:
-            timers["export"] = lambda: timed(lambda: predict(exporter, 1))
+        for opset, exporter in exporters.items():
+            timers[f"export {opset}"] = lambda e=exporter: timed(lambda: predict(e, 1))
+            timers[f"export {opset} model"] = lambda e=exporter: timed(
+                lambda: infer(e.model, feats.split(args.batch_size), device="cpu"))
         # every round times everything once, so a machine whose speed drifts (other tenants) moves the
         # parts and the pipeline together, and the pipeline is compared with its round's bound
         rounds = [{name: fn() for name, fn in timers.items()} for _ in range(args.repeats + 1)][1:]
@@ -130,10 +136,18 @@ def main() -> None:
                                                                     best["model beside"])),
             ("asc predict --workers 1 (pipelined)", best["pipelined"]),
             ("asc predict --workers 0 (one process)", best["one process"])]
-    if exporter is not None:
-        rows.append(("asc predict EXPORT (ONNX, onnxruntime), --workers 1", best["export"]))
+    for opset in exporters:
+        form = "RMSNormalization" if opset >= 23 else "ReduceL2"
+        rows += [(f"EXPORT opset {opset} ({form}): model only, onnxruntime", best[f"export {opset} model"]),
+                 (f"EXPORT opset {opset}: asc predict DIR, --workers 1", best[f"export {opset}"])]
     for name, seconds in rows:
         print(f"{name:<52} {args.files / seconds:>9.1f} {bound / seconds:>9.2f}")
+    for opset in exporters:  # each round's export against the run folder, as the pipeline ratio above
+        pair = sorted(r["pipelined"] / r[f"export {opset}"] for r in rounds)
+        model = sorted(r["model"] / r[f"export {opset} model"] for r in rounds)
+        print(f"export opset {opset} / run folder: asc predict {pair[len(pair) // 2]:.2f}x (median; "
+              f"{pair[0]:.2f}-{pair[-1]:.2f}), model only {model[len(model) // 2]:.2f}x "
+              f"({model[0]:.2f}-{model[-1]:.2f})")
     median = ratios[len(ratios) // 2]
     print(f"pipelined: {args.files / best['pipelined']:.1f} files/s; of its round's bound {median:.0%} "
           f"(median; {ratios[0]:.0%}-{ratios[-1]:.0%} over {len(ratios)} rounds; target: 150 files/s or "

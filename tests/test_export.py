@@ -78,6 +78,7 @@ def test_onnx_export_equals_the_run_on_the_same_logmel(run, onnx_export, tiny_ru
     import torch
 
     from asc.features.dataset import load_split_arrays
+    from asc.nn.l2bn import L2BatchNorm2d
     from asc.runs import load_run
 
     x, _, _ = load_split_arrays(tiny_run["cache_dir"], "evaluate")
@@ -93,11 +94,51 @@ def test_onnx_export_equals_the_run_on_the_same_logmel(run, onnx_export, tiny_ru
     assert np.abs(one - expected[:1]).max() < TOL
 
     graph = onnx.load(str(onnx_export / "model.onnx")).graph
-    ops = {n.op_type for n in graph.node}
+    ops = [n.op_type for n in graph.node]
     assert {n.domain for n in graph.node} <= {"", "ai.onnx"}  # no native kernel, no custom operator
-    assert "ReduceL2" in ops  # L2BN's sample norms, as a standard operator
+    # L2BN's sample norms as a standard operator: one RMSNormalization per norm of the model
+    norms = sum(isinstance(m, L2BatchNorm2d) for m in model.modules())
+    assert ops.count("RMSNormalization") == norms > 0 and "ReduceL2" not in ops
     assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == \
         ["batch", *x.shape[1:]]
+    # the gains stay an Expand of one value per channel: the file holds the model's parameters, not
+    # C·H·W floats per norm
+    params = sum(p.numel() for p in model.parameters())
+    stored = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    assert stored < 1.1 * params, (stored, params)
+
+    # a silent window (all-zero features) and a zero feature map deep in the net stay finite and equal
+    zero = np.zeros_like(x[:2])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(zero)).numpy()
+    got = session.run(["logits"], {"logmel": zero})[0]
+    assert np.isfinite(got).all() and np.abs(got - expected).max() < TOL
+
+
+def test_an_earlier_opset_writes_the_sample_norm_as_reduce_l2(run, tiny_run, tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from asc.features.dataset import load_split_arrays
+    from asc.runs import load_run
+
+    out = tmp_path / "opset18"
+    assert main(["export", str(run), "--opset", "18", "--out", str(out)]) == 0
+    proto = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "ReduceL2" in ops and "RMSNormalization" not in ops
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    assert json.loads((out / "export.json").read_text())["software"]["opset"] == 18
+    x, _, _ = load_split_arrays(tiny_run["cache_dir"], "evaluate")
+    with torch.no_grad():
+        expected = load_run(run).model(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"logmel": x})[0]
+    assert np.abs(got - expected).max() < TOL
+    capsys.readouterr()
+    _one_line_error(capsys, main(["export", str(run), "--format", "torchscript", "--opset", "18", "--out",
+                                  str(tmp_path / "ts")]), "--opset 18", "TorchScript")
 
 
 def test_the_folder_is_self_contained_and_checksummed(run, onnx_export, tiny_run):
@@ -219,7 +260,7 @@ def test_int8_export_is_scored_before_and_after_on_the_evaluation_split(run, onn
     model = onnx.load(str(out / "model.onnx"))
     nodes = list(model.graph.node)
     assert {n.domain for n in nodes} <= {"", "ai.onnx"}
-    assert {"QuantizeLinear", "DequantizeLinear", "ReduceL2"} <= {n.op_type for n in nodes}
+    assert {"QuantizeLinear", "DequantizeLinear", "RMSNormalization"} <= {n.op_type for n in nodes}
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     full = onnx.load(str(onnx_export / "model.onnx"))
     floats = {i.name: numpy_helper.to_array(i) for i in full.graph.initializer}

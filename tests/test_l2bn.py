@@ -295,3 +295,27 @@ def test_empty_batch_between_full_ones_changes_nothing(path):
     torch.testing.assert_close(with_empty.running_mean, rm, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(with_empty.running_var, rv, atol=1e-12, rtol=1e-12)
     assert int(with_empty.num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7, 9), (5, 6, 11)])
+def test_the_rms_norm_form_an_export_traces_is_the_l2bn_formula(shape):
+    """What `asc export` writes as RMSNormalization (opset 23): eval-mode L2BN, float64 formula, with a
+    zero sample (stays the shift: no NaN) and one of norm 1e-6 (far above l2_eps, so no floor)."""
+    from asc.nn.l2bn import traced_as_rms_norm
+
+    torch.manual_seed(0)
+    m = make_layer(shape, torch.float32).eval()
+    with torch.no_grad():
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(shape)
+    x[1] = 0
+    x[2] *= 1e-6 / float(x[2].norm())
+    expected, _ = reference(x, m.weight, m.bias, m.running_mean.double(), m.running_var.double())
+    with _kernels.disabled(), traced_as_rms_norm(), torch.no_grad():
+        got = m(x)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-5)
+    view = (-1,) + (1,) * (len(shape) - 2)
+    shift = m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+    assert torch.allclose(got[1], shift.reshape(view).expand_as(got[1]), atol=1e-6)

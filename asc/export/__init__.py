@@ -27,6 +27,10 @@ MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 QUANTIZE = ("float16", "int8")
 #: training clips that calibrate int8 activation ranges (spread over the classes)
 CALIBRATION_CLIPS = 256
+#: ONNX opset of an export: 23 writes L2BN's sample norm as RMSNormalization (onnxruntime >= 1.23);
+#: 18-22 as ReduceL2 and a multiply, for runtimes that stop at an earlier opset
+OPSET = 23
+OPSETS = range(18, 24)
 SUMS_FILE = "SHA256SUMS"
 META_FILE = "export.json"
 FEATURES_FILE = "features.yaml"
@@ -55,4 +59,5 @@ def is_export(path: str | os.PathLike) -> bool:
 
 
 __all__ = ["CALIBRATION_CLIPS", "CARD_FILE", "DATASET_FILE", "EXPORT_FORMAT", "FEATURES_FILE", "INPUT_NAME",
-           "META_FILE", "MODEL_FILES", "OUTPUT_NAME", "QUANTIZE", "SUMS_FILE", "is_export", "require_onnx"]
+           "META_FILE", "MODEL_FILES", "OPSET", "OPSETS", "OUTPUT_NAME", "QUANTIZE", "SUMS_FILE", "is_export",
+           "require_onnx"]

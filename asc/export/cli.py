@@ -9,12 +9,13 @@ EXAMPLES = """examples:
   asc export RUN --format onnx --quantize float16 --out exports/fcnn_l2bn_fp16   # weights stored in float16
   asc export RUN --quantize int8 --calibration 256 --out exports/fcnn_l2bn_int8  # int8, scored before/after
   asc export RUN --format torchscript --out exports/fcnn_l2bn_ts
+  asc export RUN --opset 18 --out exports/fcnn_l2bn_op18                        # for an older runtime
   asc predict exports/fcnn_l2bn street.wav                                       # scores through onnxruntime
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from asc.export import CALIBRATION_CLIPS, MODEL_FILES, QUANTIZE
+    from asc.export import CALIBRATION_CLIPS, MODEL_FILES, OPSET, OPSETS, QUANTIZE
 
     p = sub.add_parser(
         "export", help="write a trained audio run as a self-contained ONNX or TorchScript folder",
@@ -42,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=int, default=CALIBRATION_CLIPS, metavar="N",
                    help=f"training clips that calibrate int8 activation ranges, spread over the classes "
                         f"(default: {CALIBRATION_CLIPS})")
+    p.add_argument("--opset", type=int, choices=OPSETS, default=OPSET, metavar="N",
+                   help=f"ONNX opset, {OPSETS[0]}-{OPSETS[-1]} (default: {OPSET}: L2BN's sample norm as "
+                        "RMSNormalization, for onnxruntime >= 1.23; 18-22 write it as ReduceL2 and a "
+                        "multiply for runtimes that stop at an earlier opset, about a tenth slower in "
+                        "onnxruntime)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.set_defaults(func=run)
 
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from asc.export.write import export_run
 
     meta = export_run(args.run, args.out, args.format, checkpoint=args.checkpoint, quantize=args.quantize,
-                      calibration=args.calibration)
+                      calibration=args.calibration, opset=args.opset)
     check = meta["check"]
     print(f"wrote {args.out} ({meta['model_file']}, weights in {meta['weights']}; input (batch, "
           f"{', '.join(map(str, meta['input']['shape'][1:]))}), {len(meta['classes'])} classes)")

@@ -100,9 +100,16 @@ def verify_export(folder: str | os.PathLike) -> dict:
 
 class OnnxModel:
     """An onnxruntime session behind the calls the inference function makes on a torch model (eval,
-    train(False), a forward on a float32 (B, C, F, T) tensor), so Predictor needs no second code path."""
+    train(False), a forward on a float32 (B, C, F, T) tensor), so Predictor needs no second code path.
+
+    On the CPU a batch runs in chunks of `CPU_CHUNK` windows: onnxruntime converts every conv's output
+    out of its blocked layout and back around each norm, and those passes run from the cache when a
+    chunk's activations fit (4 windows of the quick FCNN: 3.5 MB a layer); the quick FCNN scores 1.10x
+    the clips per second of whole batches of 32 (BENCHMARKS.md). Windows are independent, so the
+    logits are those of the whole batch."""
 
     training = False
+    CPU_CHUNK = 4
 
     def __init__(self, path: str | os.PathLike, input_shape: tuple[int, ...], device: str = "cpu") -> None:
         import onnxruntime as ort
@@ -120,10 +127,15 @@ class OnnxModel:
         options.log_severity_level = 3
         self.path = Path(path)
         self.input_shape = tuple(int(v) for v in input_shape)
+        self.chunk = self.CPU_CHUNK if device == "cpu" else None
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own types for files it cannot load
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if "opset" in str(exc).lower():
+                raise AscError(f"{path}: onnxruntime {ort.__version__} does not run this file's opset "
+                               f"({first}); upgrade it (pip install -U onnxruntime; opset 23 needs 1.23) or "
+                               "export the run again with `asc export --opset 18`") from None
             raise AscError(f"{path}: onnxruntime cannot load it ({first}); {_AGAIN}") from None
 
     def eval(self) -> OnnxModel:
@@ -142,8 +154,10 @@ class OnnxModel:
             raise AscError(f"{self.path}: takes inputs (batch, {', '.join(map(str, self.input_shape))}), got "
                            f"{tuple(x.shape)}; score windows of the export's clip length")
         feed = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: feed})
-        return torch.from_numpy(out)
+        step = self.chunk or len(feed) or 1
+        outs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: feed[i:i + step]})[0]
+                for i in range(0, max(len(feed), 1), step)]
+        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
 
 @dataclass
