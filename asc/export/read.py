@@ -104,9 +104,9 @@ class OnnxModel:
 
     On the CPU a batch runs in chunks of `CPU_CHUNK` windows: onnxruntime converts every conv's output
     out of its blocked layout and back around each norm, and those passes run from the cache when a
-    chunk's activations fit (4 windows of the quick FCNN: 3.5 MB a layer); the quick FCNN scores 1.10x
-    the clips per second of whole batches of 32 (BENCHMARKS.md). Windows are independent, so the
-    logits are those of the whole batch."""
+    chunk's activations fit (4 windows of the quick FCNN: 3.5 MB a layer): 1.09x the clips per second
+    of whole batches of 32 (`scripts/bench_onnx.py`). Windows are independent, so the logits are those
+    of the whole batch."""
 
     training = False
     CPU_CHUNK = 4
