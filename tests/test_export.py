@@ -89,7 +89,7 @@ def test_onnx_export_equals_the_run_on_the_same_logmel(run, onnx_export, tiny_ru
     got = session.run(["logits"], {"logmel": x})[0]
     assert got.shape == expected.shape == (len(x), 10)
     diff = float(np.abs(got - expected).max())
-    assert diff < TOL, diff  # measured: 1.0e-5 on logits up to 2.9 (float32 sums in another order)
+    assert diff < TOL, diff  # measured: 1.5e-6 on logits up to 2.9 (float32 sums in another order)
     one = session.run(["logits"], {"logmel": x[:1]})[0]  # the batch axis is free
     assert np.abs(one - expected[:1]).max() < TOL
 
