@@ -367,3 +367,21 @@ def test_model_size_counts_macs_as_by_hand():
     with torch.device("meta"):  # shapes only: counted without memory or arithmetic
         full = model_size(create_model("fcnn", norm="bn"), (3, 128, 423))
     assert full["params"] == 11_780_329 and 15.0e9 < full["macs"] < 15.6e9
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_mac_count_equals_torchs_flop_counter_on_every_model(name):
+    """`count_macs` hooks the conv and linear layers; torch's FLOP counter sees every product the
+    dispatcher runs (SE gates, grouped and 1-D convolutions, matmuls written as functions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from asc.models.common import count_macs
+
+    shape = (3, 32, 32) if name.startswith("cifar_") else (3, 64, 100)
+    with torch.device("meta"):  # shapes only
+        model = create_model(name, num_classes=10).eval()
+        x = torch.zeros((2, *shape))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    with torch.no_grad():
+        assert count_macs(model, x) == counter.get_total_flops() // 2 > 0
