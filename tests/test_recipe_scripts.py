@@ -19,10 +19,18 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _quick(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return _run(["recipes/run_dcase.sh", "--preset", "tiny", "--cache", str(tmp_path / "cache"),
+                 "--exp", str(tmp_path / "exp"), "--nj", "1", "--models", "fcnn", "--jobs", "2",
+                 "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", *args])
+
+
 @pytest.mark.slow
-def test_run_dcase_stages_end_to_end_and_rerun(tmp_path):
-    """Every stage on the tiny set, two runs at a time, with a feature config of our own that must reach
-    extraction, training and the reports; then a re-run that skips everything already done."""
+def test_run_dcase_every_stage_with_variants_and_a_feature_config_then_rerun(tmp_path):
+    """Every stage on the tiny set, two runs at a time: a feature config of our own that must reach
+    extraction, training and the reports, and --variants (a plain norm, and a norm with freq_mixstyle
+    appended to the recipe's own augmentation) naming the run folders, recipes and the comparison,
+    paired with the first; then a re-run that skips everything already done."""
     import yaml
 
     features = yaml.safe_load((ROOT / "features" / "logmel128_deltas.yaml").read_text())
@@ -31,33 +39,50 @@ def test_run_dcase_stages_end_to_end_and_rerun(tmp_path):
     from asc.data.synth import synthesize
 
     synthesize(tmp_path / "data", preset="tiny", seed=0, duration=2.0, workers=1)  # stage 0 finds it
-    common = ["--preset", "tiny", "--synth", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"),
-              "--exp", str(tmp_path / "exp"), "--nj", "1", "--models", "fcnn", "--jobs", "2",
-              "--features", str(tmp_path / "mel64.yaml"),
-              "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2"]
-    res = _run(["recipes/run_dcase.sh", *common])
+    args = ["--synth", str(tmp_path / "data"), "--features", str(tmp_path / "mel64.yaml"),
+            "--variants", "bn l2bn+freq_mixstyle"]
+    res = _quick(tmp_path, *args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     for stage in range(5):
         assert f"stage {stage}:" in res.stdout
-    assert "comparison report:" in res.stdout and "| fcnn | l2bn |" in res.stdout
     assert "expected: training about" in res.stdout and "| total |" in res.stdout  # estimate, stage times
-    runs = sorted(p.name for p in (tmp_path / "exp").iterdir() if p.name not in ("compare", "logs"))
-    assert runs == [f"fcnn_quick_{n}_seed0" for n in ("bn", "l2bn")]
+    assert "variants [bn l2bn+freq_mixstyle]" in res.stdout and "against bn" in res.stdout
+    assert "comparison report:" in res.stdout and "| fcnn | l2bn+freq_mixstyle |" in res.stdout
+    exp = tmp_path / "exp"
+    runs = sorted(p.name for p in exp.iterdir() if p.name not in ("compare", "logs"))
+    assert runs == ["fcnn_quick_bn_seed0", "fcnn_quick_l2bn+freq_mixstyle_seed0"]
     for run in runs:
-        recipe = yaml.safe_load((tmp_path / "exp" / run / "recipe.yaml").read_text())
+        recipe = yaml.safe_load((exp / run / "recipe.yaml").read_text())
         assert recipe["features"] == str(tmp_path / "mel64.yaml")
-        report = json.loads((tmp_path / "exp" / run / "report" / "report.json").read_text())
+        report = json.loads((exp / run / "report" / "report.json").read_text())
         assert report["synthetic"] is True and report["overall"]["n"] > 0
         assert set(report["per_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
         assert report["model"]["input_shape"] == [3, 64, 79]
-    compare = json.loads((tmp_path / "exp" / "compare" / "compare.json").read_text())
-    assert compare["synthetic"] is True and compare["differences"][0]["paired"]["n"] == 1
+    plain = yaml.safe_load((exp / runs[0] / "recipe.yaml").read_text())["augment"]
+    listed = yaml.safe_load((exp / runs[1] / "recipe.yaml").read_text())
+    assert plain.get("transforms") is None and listed["norm"] == "l2bn"
+    names = [t["name"] for t in listed["augment"]["transforms"]]
+    assert names == ["specaugment", "crop", "mixup", "freq_mixstyle"]  # the recipe's list, then the added one
+    assert listed["augment"]["transforms"][-1] == {"name": "freq_mixstyle", "p": 0.4, "alpha": 0.3}
+    assert listed["augment"]["transforms"][1] == {"name": "crop", "frames": 200}  # the quick profile's crop
+    compare = json.loads((exp / "compare" / "compare.json").read_text())
+    assert compare["synthetic"] is True
+    assert [g["variant"] for g in compare["groups"]] == ["bn", "l2bn+freq_mixstyle"]
+    diff = compare["differences"][0]
+    assert (diff["variant"], diff["baseline"], diff["paired"]["n"]) == ("l2bn+freq_mixstyle", "bn", 1)
+    assert compare["unseen_group"] == "unseen" and "gap seen − unseen (points)" in res.stdout
 
-    again = _run(["recipes/run_dcase.sh", *common, "--stage", "1"])
+    again = _quick(tmp_path, *args, "--stage", "1")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 to extract" in again.stdout
     assert again.stdout.count("complete, skipped") == 2
     assert again.stdout.count("report up to date, skipped") == 2
+
+    for bad, message in ((["--variants", "bn bn+freq_mix"], "--variants bn+freq_mix: unknown transform"),
+                         (["--variants", "bn+freq_mixstyle", "--norms", "bn"], "--variants and --norms")):
+        res = _quick(tmp_path, "--synth", str(tmp_path / "none"), *bad)
+        assert res.returncode == 2 and message in res.stderr, (bad, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
 
 
 def test_stage_scripts_refuse_bad_options_before_any_stage(tmp_path):
@@ -78,60 +103,6 @@ def test_run_dcase_refuses_a_data_folder_that_is_not_a_dataset(tmp_path):
     assert f"{tmp_path}: not a dataset: no meta.csv or evaluation_setup/" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "audio").exists()
-
-
-def _quick(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    return _run(["recipes/run_dcase.sh", "--preset", "tiny", "--cache", str(tmp_path / "cache"),
-                 "--exp", str(tmp_path / "exp"), "--nj", "1", "--models", "fcnn", "--jobs", "2",
-                 "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", *args])
-
-
-@pytest.mark.slow
-def test_run_dcase_trains_and_compares_variants(tmp_path):
-    """--variants: a plain norm and a norm with freq_mixstyle appended to the recipe's own augmentation go
-    through every stage; the run folders, recipes and comparison name the variant, paired with the first;
-    a re-run skips both; a bad variant or --norms beside --variants stops before any stage."""
-    import yaml
-
-    from asc.data.synth import synthesize
-
-    synthesize(tmp_path / "data", preset="tiny", seed=0, duration=2.0, workers=1)
-    features = yaml.safe_load((ROOT / "features" / "logmel128_deltas.yaml").read_text())
-    features.update(n_mels=32, duration=2.0)
-    (tmp_path / "mel32.yaml").write_text(yaml.safe_dump(features))
-    args = ["--synth", str(tmp_path / "data"), "--features", str(tmp_path / "mel32.yaml"),
-            "--variants", "bn l2bn+freq_mixstyle"]
-    res = _quick(tmp_path, *args)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    for stage in range(5):
-        assert f"stage {stage}:" in res.stdout
-    assert "variants [bn l2bn+freq_mixstyle]" in res.stdout and "against bn" in res.stdout
-    exp = tmp_path / "exp"
-    runs = sorted(p.name for p in exp.iterdir() if p.name not in ("compare", "logs"))
-    assert runs == ["fcnn_quick_bn_seed0", "fcnn_quick_l2bn+freq_mixstyle_seed0"]
-    plain = yaml.safe_load((exp / runs[0] / "recipe.yaml").read_text())["augment"]
-    listed = yaml.safe_load((exp / runs[1] / "recipe.yaml").read_text())
-    assert plain.get("transforms") is None and listed["norm"] == "l2bn"
-    names = [t["name"] for t in listed["augment"]["transforms"]]
-    assert names == ["specaugment", "crop", "mixup", "freq_mixstyle"]  # the recipe's list, then the added one
-    assert listed["augment"]["transforms"][-1] == {"name": "freq_mixstyle", "p": 0.4, "alpha": 0.3}
-    assert listed["augment"]["transforms"][1] == {"name": "crop", "frames": 200}  # the quick profile's crop
-    compare = json.loads((exp / "compare" / "compare.json").read_text())
-    assert [g["variant"] for g in compare["groups"]] == ["bn", "l2bn+freq_mixstyle"]
-    diff = compare["differences"][0]
-    assert (diff["variant"], diff["baseline"], diff["paired"]["n"]) == ("l2bn+freq_mixstyle", "bn", 1)
-    assert compare["unseen_group"] == "unseen" and "gap seen − unseen (points)" in res.stdout
-    assert "| fcnn | l2bn+freq_mixstyle |" in res.stdout
-
-    again = _quick(tmp_path, *args, "--stage", "2")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("complete, skipped") == 2 and again.stdout.count("report up to date") == 2
-
-    for bad, message in ((["--variants", "bn bn+freq_mix"], "--variants bn+freq_mix: unknown transform"),
-                         (["--variants", "bn+freq_mixstyle", "--norms", "bn"], "--variants and --norms")):
-        res = _quick(tmp_path, "--synth", str(tmp_path / "none"), *bad)
-        assert res.returncode == 2 and message in res.stderr, (bad, res.stderr)
-        assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
 
 
 @pytest.mark.slow
