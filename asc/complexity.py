@@ -3,10 +3,10 @@
 The challenge limits two numbers: the memory the parameters take (128 kB, 1 kB = 1024 bytes, every
 parameter counted, zeros included, at the precision it is stored in) and the multiply-accumulates of
 one second of audio (30 M). A model is scored on 1-s clips there; for any other clip length the MACs
-per second are the MACs of one clip divided by its duration. MACs are counted by torch's own FLOP
-counter through `asc.models.common.model_size` (convolutions and matrix products: what dominates the
-count of the challenge's tools too), parameters as the trainable ones (BN moving statistics are
-buffers, not parameters, as in the challenge's counting).
+per second are the MACs of one clip divided by its duration. MACs are those of the convolutions and
+linear layers, counted by `asc.models.common.model_size` (what dominates the count of the challenge's
+tools too; equal to torch's own FLOP counter on every registered model, a test), parameters as the
+trainable ones (BN moving statistics are buffers, not parameters, as in the challenge's counting).
 """
 
 from __future__ import annotations
