@@ -1,7 +1,9 @@
 """`asc export`: a trained audio run as a self-contained folder (see asc.export).
 
 The graph is traced with L2BN's native CPU passes switched off, so every norm exports as plain
-operators (L2BN's torch-op fallback: a ReduceL2 and a multiply before the running-statistics affine).
+operators: at opset 23 L2BN's sample norm as RMSNormalization with the running-statistics gain as its
+scale, then the shift (`asc.nn.l2bn.traced_as_rms_norm`); at opsets 18-22 its torch-op fallback, a
+ReduceL2 and a multiply before the affine.
 ONNX goes through torch.export (`dynamo=True`): the batch axis stays free while the mel bands and
 frames are fixed at the run's clip length, where the 'same' padding of the models is computed. The
 exported file is then run on random inputs and compared with the run's own torch model; a float32
